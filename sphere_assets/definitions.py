@@ -1,0 +1,89 @@
+"""The one Definitions object of the sphere code location.
+
+Settings come from environment variables (see README, "Configuration"); an unset variable means
+the documented default, a set one always wins (it is passed as dg.EnvVar so the UI shows where
+the value came from).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from sphere_assets import catalog, ingest
+from sphere_assets.contracts import CONTRACTS, DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
+from sphere_resources.corpus import CorpusSourceResource
+from sphere_resources.jax_device import JaxDeviceResource
+from sphere_resources.postgres import PostgresResource
+from sphere_resources.warehouse import WarehouseResource
+
+
+def env_or(name: str, default, kind: str = "str"):
+    """dg.EnvVar(name) when the variable is set, else the documented default."""
+    if name not in os.environ:
+        return default
+    return dg.EnvVar.int(name) if kind == "int" else dg.EnvVar(name)
+
+
+# --- assets and checks, one module per family -------------------------------------------------
+FAMILY_ASSETS: list = [
+    ingest.raw_articles,
+]
+FAMILY_CHECKS: list = [
+    ingest.raw_articles_ids_unique_and_sharded,
+]
+
+
+def _parquet_asset_keys(assets_defs) -> list[dg.AssetKey]:
+    keys = []
+    for a in assets_defs:
+        for key in a.keys:
+            name = key.path[-1]
+            if name in CONTRACTS and CONTRACTS[name].has_rows:
+                keys.append(key)
+    return sorted(keys, key=lambda k: k.to_user_string())
+
+
+duckdb_catalog = catalog.build_catalog_asset(_parquet_asset_keys(FAMILY_ASSETS))
+ALL_ASSETS = [*FAMILY_ASSETS, duckdb_catalog]
+
+RESOURCES = {
+    "warehouse": WarehouseResource(root=env_or("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)),
+    "catalog": catalog.DuckDBCatalogResource(path=env_or("SPHERE_CATALOG", DEFAULT_CATALOG_PATH)),
+    "corpus": CorpusSourceResource(
+        kind=env_or("SPHERE_CORPUS", "bundled"),
+        path_glob=env_or("SPHERE_CORPUS_GLOB", ""),
+        hf_name=env_or("SPHERE_HF_NAME", ""),
+        hf_config=env_or("SPHERE_HF_CONFIG", ""),
+        hf_split=env_or("SPHERE_HF_SPLIT", "train"),
+        hf_data_files=env_or("SPHERE_HF_DATA_FILES", ""),
+        limit=env_or("SPHERE_CORPUS_LIMIT", 0, "int"),
+        id_field=env_or("SPHERE_ID_FIELD", "id"),
+        title_field=env_or("SPHERE_TITLE_FIELD", "title"),
+        text_field=env_or("SPHERE_TEXT_FIELD", "text"),
+        max_article_bytes=env_or("SPHERE_MAX_ARTICLE_BYTES", 16 << 20, "int"),
+    ),
+    "jax": JaxDeviceResource(platform=env_or("SPHERE_JAX_PLATFORM", "cpu")),
+    "postgres": PostgresResource(url=env_or("SPHERE_POSTGRES_URL", "")),
+}
+
+ingest_job = dg.define_asset_job(
+    name="ingest_job",
+    selection=dg.AssetSelection.assets(ingest.raw_articles),
+    description="raw_articles for the selected shard partitions.",
+    tags={"family": "ingest"},
+)
+
+JOBS: list = [ingest_job]
+SCHEDULES: list = []
+SENSORS: list = []
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    asset_checks=FAMILY_CHECKS,
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources=RESOURCES,
+)

@@ -1,6 +1,5 @@
 """duckdb_catalog: data/sphere.duckdb with one view per Parquet asset."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +13,9 @@ from sphere_resources.warehouse import WarehouseResource
 class DuckDBCatalogResource(dg.ConfigurableResource):
     """Location of the DuckDB catalog file."""
 
-    path: str = Field(default=DEFAULT_CATALOG_PATH, description="DuckDB database file holding the views.")
+    path: str = Field(
+        default=DEFAULT_CATALOG_PATH, description="DuckDB database file holding the views."
+    )
 
 
 def build_catalog_asset(parquet_asset_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
@@ -33,7 +34,9 @@ def build_catalog_asset(parquet_asset_keys: list[dg.AssetKey]) -> dg.AssetsDefin
         ),
     )
     def duckdb_catalog(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, catalog: DuckDBCatalogResource
+        context: dg.AssetExecutionContext,
+        warehouse: WarehouseResource,
+        catalog: DuckDBCatalogResource,
     ) -> dg.MaterializeResult:
         names = [k.path[-1] for k in parquet_asset_keys]
         result = build_catalog(warehouse.root, catalog.path, names)

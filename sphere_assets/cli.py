@@ -1,8 +1,8 @@
 """`sphere` command line: materialize everything, query the catalog, restore spans.
 
-    sphere materialize-all            every asset, every partition, in dependency order
-    sphere sql "select ..."           run SQL against the DuckDB catalog (data/sphere.duckdb)
-    sphere plan                       print the stages materialize-all would run
+sphere materialize-all            every asset, every partition, in dependency order
+sphere sql "select ..."           run SQL against the DuckDB catalog (data/sphere.duckdb)
+sphere plan                       print the stages materialize-all would run
 """
 
 import argparse
@@ -38,7 +38,9 @@ def plan_stages(defs) -> list[tuple[object, list]]:
     done: set = set()
     stages: list[tuple[object, list]] = []
     while len(done) < len(keys):
-        ready = sorted((k for k in keys if k not in done and deps[k] <= done), key=lambda k: k.to_user_string())
+        ready = sorted(
+            (k for k in keys if k not in done and deps[k] <= done), key=lambda k: k.to_user_string()
+        )
         if not ready:
             raise RuntimeError("asset graph has a cycle")
         current = stages[-1][0] if stages else None
@@ -70,17 +72,24 @@ def materialize_all(partition_filter: set[str] | None = None) -> int:
         if partition_filter and pdef is not None:
             partition_keys = [p for p in partition_keys if p in partition_filter] or partition_keys
         for pk in partition_keys:
-            label = f"stage {i}/{len(stages)} [{names}]" + (f" partition {pk}" if pk is not None else "")
+            label = f"stage {i}/{len(stages)} [{names}]" + (
+                f" partition {pk}" if pk is not None else ""
+            )
             print(f"--> {label}", flush=True)
             t0 = time.perf_counter()
             result = job.get_subset(asset_selection=set(keys)).execute_in_process(
                 instance=instance, partition_key=pk, raise_on_error=False
             )
             if not result.success:
-                print(f"FAILED: {label} (run {result.run_id}); see `dagster dev` for its logs", file=sys.stderr)
+                print(
+                    f"FAILED: {label} (run {result.run_id}); see `dagster dev` for its logs",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"    ok in {time.perf_counter() - t0:.1f}s (run {result.run_id})", flush=True)
-    print(f"materialized {sum(len(k) for _, k in stages)} assets in {time.perf_counter() - started:.1f}s")
+    print(
+        f"materialized {sum(len(k) for _, k in stages)} assets in {time.perf_counter() - started:.1f}s"
+    )
     return 0
 
 
@@ -88,7 +97,10 @@ def run_sql(query: str, catalog: str) -> int:
     import duckdb
 
     if not Path(catalog).exists():
-        print(f"no catalog at {catalog}: run `sphere materialize-all` (or materialize duckdb_catalog) first", file=sys.stderr)
+        print(
+            f"no catalog at {catalog}: run `sphere materialize-all` (or materialize duckdb_catalog) first",
+            file=sys.stderr,
+        )
         return 2
     con = duckdb.connect(catalog, read_only=True)
     try:
@@ -101,10 +113,16 @@ def run_sql(query: str, catalog: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sphere", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sphere", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_all = sub.add_parser("materialize-all", help="materialize every asset and partition")
-    p_all.add_argument("--partitions", default="", help="comma-separated partition keys to limit partitioned stages to")
+    p_all.add_argument(
+        "--partitions",
+        default="",
+        help="comma-separated partition keys to limit partitioned stages to",
+    )
     sub.add_parser("plan", help="print the materialization stages")
     p_sql = sub.add_parser("sql", help="query the DuckDB catalog")
     p_sql.add_argument("query")

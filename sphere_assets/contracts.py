@@ -67,6 +67,8 @@ class AssetContract:
     # file stem (without .safetensors) -> array name -> spec
     tensors: Mapping[str, Mapping[str, TensorSpec]] = field(default_factory=dict)
     description: str = ""
+    # Parquet dictionary encoding only pays off for low-cardinality columns; None = all columns.
+    dictionary_columns: tuple[str, ...] | None = None
 
     @property
     def has_rows(self) -> bool:
@@ -128,6 +130,7 @@ register(
         partition_dim=SHARD_DIM,
         schema=RAW_ARTICLES_SCHEMA,
         description="Articles from the configured corpus source, one row per article.",
+        dictionary_columns=("source",),
     )
 )
 
@@ -173,7 +176,10 @@ def validate_schema(contract: AssetContract, partition: str | None, schema: pa.S
         raise ContractError(contract.name, partition, extra[0], "column not in the contract")
     if got_names != expected.names:
         raise ContractError(
-            contract.name, partition, "<columns>", f"column order {got_names}, expected {expected.names}"
+            contract.name,
+            partition,
+            "<columns>",
+            f"column order {got_names}, expected {expected.names}",
         )
 
 
@@ -208,7 +214,10 @@ def validate_tensors(
         arr = arrays[name]
         if np.dtype(arr.dtype) != np.dtype(spec.dtype):
             raise ContractError(
-                contract.name, partition, f"{stem}.{name}", f"dtype {arr.dtype}, expected {spec.dtype}"
+                contract.name,
+                partition,
+                f"{stem}.{name}",
+                f"dtype {arr.dtype}, expected {spec.dtype}",
             )
         if len(arr.shape) != len(spec.shape):
             raise ContractError(
@@ -235,7 +244,9 @@ def validate_tensors(
                 )
     extra = sorted(set(arrays) - set(specs))
     if extra:
-        raise ContractError(contract.name, partition, f"{stem}.{extra[0]}", "tensor not in the contract")
+        raise ContractError(
+            contract.name, partition, f"{stem}.{extra[0]}", "tensor not in the contract"
+        )
 
 
 def column_schema_metadata(schema: pa.Schema, docs: Mapping[str, str] | None = None):

@@ -1,14 +1,12 @@
 """raw_articles: articles from the configured corpus source, sharded by a stable hash of their id."""
 
-
 import time
 from collections import Counter
-from contextlib import ExitStack
 
 import dagster as dg
 import pyarrow as pa
 
-from sphere_assets.compute.corpus import REJECT_REASONS, ArticleRow, ProgressMeter, ShardSplitter
+from sphere_assets.compute.corpus import REJECT_REASONS, ProgressMeter, rows_to_table, write_shards
 from sphere_assets.contracts import RAW_ARTICLES_COLUMN_DOCS, RAW_ARTICLES_SCHEMA
 from sphere_assets.metadata import preview_markdown, standard_metadata
 from sphere_assets.partitions import shard_partitions
@@ -18,20 +16,6 @@ from sphere_resources.warehouse import WarehouseResource
 ASSET = "raw_articles"
 
 
-def rows_to_table(rows: list[ArticleRow]) -> pa.Table:
-    return pa.Table.from_pydict(
-        {
-            "article_id": [r.article_id for r in rows],
-            "title": [r.title for r in rows],
-            "text": [r.text for r in rows],
-            "source": [r.source for r in rows],
-            "n_bytes": [r.n_bytes for r in rows],
-            "url": [r.url for r in rows],
-        },
-        schema=RAW_ARTICLES_SCHEMA,
-    )
-
-
 @dg.asset(
     partitions_def=shard_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -39,7 +23,11 @@ def rows_to_table(rows: list[ArticleRow]) -> pa.Table:
     kinds={"python", "parquet"},
     owners=["team:sphere"],
     tags={"family": "ingest"},
-    metadata={"dagster/column_schema": standard_metadata(RAW_ARTICLES_SCHEMA, 0, RAW_ARTICLES_COLUMN_DOCS)["dagster/column_schema"]},
+    metadata={
+        "dagster/column_schema": standard_metadata(
+            RAW_ARTICLES_SCHEMA, 0, RAW_ARTICLES_COLUMN_DOCS
+        )["dagster/column_schema"]
+    },
     description=(
         "Articles (id, title, text, source, n_bytes, url) from the corpus source, one Parquet file per "
         "shard; shard = mmh3 x64 of article_id mod SPHERE_SHARDS. Duplicates by id and bad records "
@@ -52,32 +40,14 @@ def raw_articles(
     all_keys = shard_partitions.get_partition_keys()
     n_shards = len(all_keys)
     keys = list(context.partition_keys)
-    wanted = [int(k) for k in keys]
     start = time.perf_counter()
     meter = ProgressMeter(context.log.info, corpus.total_bytes_hint())
 
-    with ExitStack() as stack:
-        # One streaming Parquet writer per requested shard; each partition is swapped into place
-        # only when the whole source has been read without error.
-        streams = {}
-        first_rows: dict[int, pa.Table] = {}
-        for key in keys:
-            w = stack.enter_context(warehouse.partition_writer(ASSET, key))
-            streams[int(key)] = stack.enter_context(w.table_stream())
-
-        def flush(shard: int, rows: list[ArticleRow]) -> None:
-            table = rows_to_table(rows)
-            streams[shard].write(table)
-            first_rows.setdefault(shard, table.slice(0, 5))
-
-        splitter = ShardSplitter(n_shards, wanted, flush, corpus.max_article_bytes)
-        for rec in corpus.records():
-            splitter.add(rec)
-            if splitter.records_seen % 1000 == 0:
-                meter.maybe_log(splitter.records_seen, splitter.source_bytes_seen)
-        stats = splitter.finish()
-        meter.maybe_log(splitter.records_seen, splitter.source_bytes_seen, force=True)
-
+    result = write_shards(
+        corpus.records(), warehouse.store(), ASSET, n_shards, keys, corpus.max_article_bytes, meter
+    )
+    stats = result.stats
+    first_rows = result.previews
     elapsed = time.perf_counter() - start
     rows_out = sum(s.rows_out for s in stats.values())
     bytes_out = sum(s.bytes_out for s in stats.values())
@@ -85,7 +55,11 @@ def raw_articles(
     rejects = Counter()
     for s in stats.values():
         rejects.update(s.rejects)
-    preview = pa.concat_tables([first_rows[s] for s in sorted(first_rows)]) if first_rows else rows_to_table([])
+    preview = (
+        pa.concat_tables([first_rows[s] for s in sorted(first_rows)])
+        if first_rows
+        else rows_to_table([])
+    )
     per_shard = dg.MetadataValue.md(
         "| shard | articles_in | rows_out | MB | rejects |\n|---|---|---|---|---|\n"
         + "\n".join(
@@ -108,9 +82,9 @@ def raw_articles(
             "rejects_total": sum(rejects.values()),
             **{f"rejects/{reason}": rejects.get(reason, 0) for reason in REJECT_REASONS},
             "bytes_out": bytes_out,
-            "records_scanned": splitter.records_seen,
+            "records_scanned": result.records_seen,
             "seconds": round(elapsed, 3),
-            "MB_per_s": round(splitter.source_bytes_seen / 1e6 / max(elapsed, 1e-9), 2),
+            "MB_per_s": round(result.source_bytes_seen / 1e6 / max(elapsed, 1e-9), 2),
             "per_shard": per_shard,
             "preview": preview_markdown(preview, ["article_id", "title", "n_bytes", "text"]),
             "path": dg.MetadataValue.path(str(warehouse.partition_dir(ASSET, keys[0]).parent)),
@@ -118,7 +92,11 @@ def raw_articles(
     )
 
 
-@dg.asset_check(asset=raw_articles, description="Every stored article id is unique and in its own shard.", blocking=True)
+@dg.asset_check(
+    asset=raw_articles,
+    description="Every stored article id is unique and in its own shard.",
+    blocking=True,
+)
 def raw_articles_ids_unique_and_sharded(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:

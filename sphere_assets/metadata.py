@@ -14,15 +14,22 @@ from sphere_assets.contracts import column_schema_metadata
 
 def table_schema(schema: pa.Schema, docs: Mapping[str, str] | None = None) -> dg.TableSchema:
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, type_, description=desc or None) for name, type_, desc in column_schema_metadata(schema, docs)]
+        columns=[
+            dg.TableColumn(name, type_, description=desc or None)
+            for name, type_, desc in column_schema_metadata(schema, docs)
+        ]
     )
 
 
-def standard_metadata(schema: pa.Schema, row_count: int, docs: Mapping[str, str] | None = None) -> dict:
+def standard_metadata(
+    schema: pa.Schema, row_count: int, docs: Mapping[str, str] | None = None
+) -> dict:
     return {"dagster/row_count": row_count, "dagster/column_schema": table_schema(schema, docs)}
 
 
-def preview_markdown(table: pa.Table, columns: list[str], rows: int = 5, width: int = 60) -> dg.MetadataValue:
+def preview_markdown(
+    table: pa.Table, columns: list[str], rows: int = 5, width: int = 60
+) -> dg.MetadataValue:
     """A small markdown table of the first rows (long cells shortened for display only)."""
     head = table.select(columns).slice(0, rows).to_pylist()
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

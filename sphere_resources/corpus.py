@@ -32,13 +32,19 @@ class CorpusSourceResource(dg.ConfigurableResource):
     hf_name: str = Field(default="", description="hf: dataset name, e.g. wikimedia/wikipedia.")
     hf_config: str = Field(default="", description="hf: dataset config, e.g. 20231101.en.")
     hf_split: str = Field(default="train", description="hf: split.")
-    hf_data_files: str = Field(default="", description="hf: data_files for generic builders (parquet/json).")
-    limit: int = Field(default=0, description="hf: stop after this many records (0 = all); reported in metadata.")
+    hf_data_files: str = Field(
+        default="", description="hf: data_files for generic builders (parquet/json)."
+    )
+    limit: int = Field(
+        default=0, description="hf: stop after this many records (0 = all); reported in metadata."
+    )
     id_field: str = Field(default="id", description="jsonl/parquet/hf: id column.")
     title_field: str = Field(default="title", description="jsonl/parquet/hf: title column.")
     text_field: str = Field(default="text", description="jsonl/parquet/hf: text column.")
     url_field: str = Field(default="url", description="jsonl/parquet/hf: url column.")
-    max_article_bytes: int = Field(default=16 << 20, description="Longer articles are rejected as oversize.")
+    max_article_bytes: int = Field(
+        default=16 << 20, description="Longer articles are rejected as oversize."
+    )
 
     def _fields(self) -> FieldNames:
         return FieldNames(self.id_field, self.title_field, self.text_field, self.url_field)
@@ -48,7 +54,11 @@ class CorpusSourceResource(dg.ConfigurableResource):
             return "bundled:pydoc_data.topics"
         if self.kind == "files":
             return f"files:{self.path_glob}"
-        return f"hf:{self.hf_name}" + (f"/{self.hf_config}" if self.hf_config else "") + f"/{self.hf_split}"
+        return (
+            f"hf:{self.hf_name}"
+            + (f"/{self.hf_config}" if self.hf_config else "")
+            + f"/{self.hf_split}"
+        )
 
     def records(self) -> Iterator[SourceRecord]:
         if self.kind == "bundled":

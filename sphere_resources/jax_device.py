@@ -63,7 +63,9 @@ class JaxDeviceResource(dg.ConfigurableResource):
         default="cpu", description="JAX platform; 'auto' takes JAX's default backend."
     )
     device_index: int = Field(default=0, description="Index into the platform's devices.")
-    enable_x64: bool = Field(default=True, description="Enable float64 (needed by the SH transforms).")
+    enable_x64: bool = Field(
+        default=True, description="Enable float64 (needed by the SH transforms)."
+    )
     preallocate: bool = Field(default=False, description="Let XLA preallocate most GPU memory.")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

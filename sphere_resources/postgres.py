@@ -47,13 +47,19 @@ def connect(url: str, connect_timeout: int = 5, autocommit: bool = False):
         # server, and add our redacted target.
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason.replace(url, redact_url(url))
-        raise PostgresUnavailable(f"cannot connect to Postgres at {redact_url(url)}: {reason}") from None
+        raise PostgresUnavailable(
+            f"cannot connect to Postgres at {redact_url(url)}: {reason}"
+        ) from None
 
 
-def copy_rows(cursor, table: str | Sequence[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+def copy_rows(
+    cursor, table: str | Sequence[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
     """COPY rows into ``table`` (``"name"`` or ``("schema", "name")``); returns the row count."""
     ident = sql.Identifier(*table) if not isinstance(table, str) else sql.Identifier(table)
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        ident, sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
     n = 0
     with cursor.copy(stmt) as cp:
         for row in rows:
@@ -66,7 +72,9 @@ class PostgresResource(dg.ConfigurableResource):
     """A Postgres database; ``url`` is a libpq URL such as postgresql://user@host:5432/db."""
 
     url: str = Field(default="", description="libpq connection URL; empty means Postgres is off.")
-    connect_timeout: int = Field(default=5, description="Seconds before a connection attempt fails.")
+    connect_timeout: int = Field(
+        default=5, description="Seconds before a connection attempt fails."
+    )
 
     @property
     def enabled(self) -> bool:
@@ -89,7 +97,9 @@ class PostgresResource(dg.ConfigurableResource):
         finally:
             conn.close()
 
-    def execute(self, query: str | sql.Composable, params: Sequence[Any] | dict | None = None) -> list[tuple]:
+    def execute(
+        self, query: str | sql.Composable, params: Sequence[Any] | dict | None = None
+    ) -> list[tuple]:
         """Run one parameterized statement; returns its rows (empty for statements without)."""
         with self.connection() as conn, conn.cursor() as cur:
             cur.execute(query, params)

@@ -14,10 +14,12 @@ from sphere_assets.contracts import CONTRACTS
 def view_sql(asset: str, glob: str, partitioned: bool) -> str:
     quoted = glob.replace("'", "''")
     opts = ", hive_partitioning = true" if partitioned else ""
-    return f'CREATE OR REPLACE VIEW "{asset}" AS SELECT * FROM read_parquet(\'{quoted}\'{opts})'
+    return f"CREATE OR REPLACE VIEW \"{asset}\" AS SELECT * FROM read_parquet('{quoted}'{opts})"
 
 
-def build_catalog(warehouse_root: str | os.PathLike, catalog_path: str | os.PathLike, assets=None) -> dict:
+def build_catalog(
+    warehouse_root: str | os.PathLike, catalog_path: str | os.PathLike, assets=None
+) -> dict:
     """(Re)write the catalog file atomically; returns {"views": [...], "missing": [...]}.
 
     A view is created for every asset with a Parquet contract that has files on disk; assets not

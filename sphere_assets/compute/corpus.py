@@ -29,8 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mmh3
+import pyarrow as pa
 
-REJECT_REASONS = ("missing_id", "missing_text", "invalid_json", "invalid_utf8", "empty", "oversize", "duplicate_id")
+from sphere_assets.contracts import RAW_ARTICLES_SCHEMA
+
+REJECT_REASONS = (
+    "missing_id",
+    "missing_text",
+    "invalid_json",
+    "invalid_utf8",
+    "empty",
+    "oversize",
+    "duplicate_id",
+)
 BUNDLED_SOURCE = "bundled:pydoc_data.topics"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".py")
 
@@ -74,23 +85,33 @@ def normalize_record(rec: SourceRecord, max_article_bytes: int) -> ArticleRow | 
         data = bytes(text)
         if data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return "invalid_utf8"
-    elif not isinstance(text, str):
+        if data.isascii():
+            # ASCII is valid UTF-8 and already NFC: one cheap decode, length is the byte length.
+            text, encoded_len = data.decode("ascii"), len(data)
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                return "invalid_utf8"
+            encoded_len = None
+    elif isinstance(text, str):
+        encoded_len = len(text) if text.isascii() else None
+    else:
         return "missing_text"
-    if not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    try:
-        encoded_len = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "invalid_utf8"
-    if not text.strip():
+    if encoded_len is None:
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        try:
+            encoded_len = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "invalid_utf8"
+    if not text or text.isspace():  # isspace() inspects in place; strip() would copy the text
         return "empty"
     if encoded_len > max_article_bytes:
         return "oversize"
-    title = rec.title if isinstance(rec.title, str) else ("" if rec.title is None else str(rec.title))
+    title = (
+        rec.title if isinstance(rec.title, str) else ("" if rec.title is None else str(rec.title))
+    )
     return ArticleRow(str(rec.article_id), title, text, rec.source, encoded_len, rec.url)
 
 
@@ -119,10 +140,15 @@ def bundled_total_bytes() -> int:
     return sum(len(v.encode("utf-8", "surrogatepass")) for v in topics.values())
 
 
-def expand_glob(pattern: str) -> list[Path]:
-    """Files matching ``pattern`` (``**`` recurses), sorted by path for a stable order."""
-    paths = [Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)]
-    return sorted(p for p in paths if p.is_file())
+def expand_glob(pattern: str) -> list[str]:
+    """Files matching ``pattern`` (``**`` recurses), sorted by path for a stable order.
+
+    Plain strings, not Path objects: on tens of thousands of files pathlib's parsing and
+    comparisons cost more than reading the files.
+    """
+    return sorted(
+        p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)
+    )
 
 
 def glob_root(pattern: str) -> Path:
@@ -145,9 +171,11 @@ class FieldNames:
     url_field: str = "url"
 
 
-def _text_file_record(path: Path, rel: str) -> SourceRecord:
-    data = path.read_bytes()
-    return SourceRecord(locator=rel, article_id=rel, title=path.stem, text=data, source=str(path))
+def _text_file_record(path: str, rel: str) -> SourceRecord:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    title = os.path.splitext(os.path.basename(path))[0]
+    return SourceRecord(locator=rel, article_id=rel, title=title, text=data, source=path)
 
 
 def _mapping_record(obj: dict, fields: FieldNames, locator: str, source: str) -> SourceRecord:
@@ -162,7 +190,7 @@ def _mapping_record(obj: dict, fields: FieldNames, locator: str, source: str) ->
     )
 
 
-def _jsonl_records(path: Path, rel: str, fields: FieldNames) -> Iterator[SourceRecord]:
+def _jsonl_records(path: str, rel: str, fields: FieldNames) -> Iterator[SourceRecord]:
     with open(path, "rb") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -178,7 +206,7 @@ def _jsonl_records(path: Path, rel: str, fields: FieldNames) -> Iterator[SourceR
             yield _mapping_record(obj, fields, locator, str(path))
 
 
-def _parquet_records(path: Path, rel: str, fields: FieldNames) -> Iterator[SourceRecord]:
+def _parquet_records(path: str, rel: str, fields: FieldNames) -> Iterator[SourceRecord]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -189,7 +217,11 @@ def _parquet_records(path: Path, rel: str, fields: FieldNames) -> Iterator[Sourc
                 f"corpus file {path}: field '{required}' is not a column "
                 f"(columns: {sorted(names)}); set the corpus id_field/text_field config"
             )
-    cols = [c for c in (fields.id_field, fields.title_field, fields.text_field, fields.url_field) if c in names]
+    cols = [
+        c
+        for c in (fields.id_field, fields.title_field, fields.text_field, fields.url_field)
+        if c in names
+    ]
     row = 0
     for batch in pf.iter_batches(batch_size=2048, columns=cols):
         for obj in batch.to_pylist():
@@ -202,13 +234,11 @@ def file_records(pattern: str, fields: FieldNames = FieldNames()) -> Iterator[So
     paths = expand_glob(pattern)
     if not paths:
         raise FileNotFoundError(f"corpus source 'files': no files match {pattern!r}")
-    root = glob_root(pattern)
+    root = str(glob_root(pattern))
+    prefix = root.rstrip(os.sep) + os.sep if root not in ("", ".") else ""
     for path in paths:
-        try:
-            rel = str(path.relative_to(root))
-        except ValueError:
-            rel = str(path)
-        suffix = path.suffix.lower()
+        rel = path[len(prefix) :] if prefix and path.startswith(prefix) else path
+        suffix = os.path.splitext(path)[1].lower()
         if suffix == ".jsonl":
             yield from _jsonl_records(path, rel, fields)
         elif suffix == ".parquet":
@@ -223,7 +253,7 @@ def file_records(pattern: str, fields: FieldNames = FieldNames()) -> Iterator[So
 
 
 def files_total_bytes(pattern: str) -> int:
-    return sum(p.stat().st_size for p in expand_glob(pattern))
+    return sum(os.path.getsize(p) for p in expand_glob(pattern))
 
 
 def hf_records(
@@ -245,7 +275,11 @@ def hf_records(
     kwargs = {"split": split, "streaming": True}
     if data_files:
         kwargs["data_files"] = data_files
-    ds = datasets.load_dataset(name, config, **kwargs) if config else datasets.load_dataset(name, **kwargs)
+    ds = (
+        datasets.load_dataset(name, config, **kwargs)
+        if config
+        else datasets.load_dataset(name, **kwargs)
+    )
     columns = set(ds.column_names or []) if getattr(ds, "column_names", None) else None
     if columns is not None and fields.text_field not in columns:
         raise KeyError(
@@ -365,3 +399,69 @@ class ProgressMeter:
             remaining = max(self.total_bytes - nbytes, 0) / rate
             msg += f", {100 * nbytes / self.total_bytes:.0f}% done, ETA {remaining:.0f}s"
         self.log(msg)
+
+
+def rows_to_table(rows: list[ArticleRow]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {
+            "article_id": [r.article_id for r in rows],
+            "title": [r.title for r in rows],
+            "text": [r.text for r in rows],
+            "source": [r.source for r in rows],
+            "n_bytes": [r.n_bytes for r in rows],
+            "url": [r.url for r in rows],
+        },
+        schema=RAW_ARTICLES_SCHEMA,
+    )
+
+
+@dataclass
+class IngestResult:
+    stats: dict[int, ShardStats]
+    records_seen: int
+    source_bytes_seen: int
+    previews: dict[int, pa.Table]
+
+
+def write_shards(
+    records: Iterable[SourceRecord],
+    store,
+    asset: str,
+    n_shards: int,
+    keys: list[str],
+    max_article_bytes: int,
+    progress: ProgressMeter | None = None,
+) -> IngestResult:
+    """Stream ``records`` into the ``keys`` partitions of ``asset`` in ``store`` (a Warehouse).
+
+    Every partition is staged and swapped into place only after the whole source was read, so a
+    failure anywhere leaves all previous partitions as they were.
+    """
+    from contextlib import ExitStack
+
+    from sphere_resources.store import BackgroundTableWriter
+
+    previews: dict[int, pa.Table] = {}
+    with ExitStack() as stack:
+        streams = {}
+        for key in keys:
+            w = stack.enter_context(store.partition_writer(asset, key))
+            streams[int(key)] = stack.enter_context(w.table_stream())
+        background = BackgroundTableWriter()
+        stack.callback(background.close)
+
+        def flush(shard: int, rows: list[ArticleRow]) -> None:
+            table = rows_to_table(rows)
+            previews.setdefault(shard, table.slice(0, 5))
+            background.submit(streams[shard].write, table)
+
+        splitter = ShardSplitter(n_shards, [int(k) for k in keys], flush, max_article_bytes)
+        for rec in records:
+            splitter.add(rec)
+            if progress is not None and splitter.records_seen % 1000 == 0:
+                progress.maybe_log(splitter.records_seen, splitter.source_bytes_seen)
+        stats = splitter.finish()
+        background.drain()
+    if progress is not None:
+        progress.maybe_log(splitter.records_seen, splitter.source_bytes_seen, force=True)
+    return IngestResult(stats, splitter.records_seen, splitter.source_bytes_seen, previews)

@@ -28,6 +28,16 @@ def build_catalog_asset(parquet_asset_keys: list[dg.AssetKey]) -> dg.AssetsDefin
         kinds={"duckdb"},
         owners=["team:sphere"],
         tags={"family": "catalog"},
+        metadata={
+            "dagster/column_schema": dg.TableSchema(
+                columns=[
+                    dg.TableColumn("asset", "VARCHAR", description="Asset (= view) name."),
+                    dg.TableColumn(
+                        "status", "VARCHAR", description="view, or missing (no files yet)."
+                    ),
+                ]
+            )
+        },
         description=(
             "DuckDB file (default data/sphere.duckdb) with one view per Parquet asset over its Hive "
             "paths, e.g. `select shard, count(*) from raw_articles group by 1`."

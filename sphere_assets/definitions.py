@@ -11,9 +11,20 @@ import os
 
 import dagster as dg
 
-from sphere_assets import catalog, ingest
+from sphere_assets import (
+    automation,
+    catalog,
+    harmonics,
+    ingest,
+    jobs,
+    ngrams,
+    patching,
+    schedules,
+    sensors,
+)
 from sphere_assets.contracts import CONTRACTS, DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
 from sphere_resources.corpus import CorpusSourceResource
+from sphere_resources.hllset import DEFAULT_SPAN_PATCHES, HllSetResource
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.warehouse import WarehouseResource
@@ -29,9 +40,19 @@ def env_or(name: str, default, kind: str = "str"):
 # --- assets and checks, one module per family -------------------------------------------------
 FAMILY_ASSETS: list = [
     ingest.raw_articles,
+    harmonics.sh_basis,
+    patching.entropy_model,
+    patching.blt_patches,
+    patching.patch_embeddings,
+    *ngrams.ASSETS,
 ]
 FAMILY_CHECKS: list = [
     ingest.raw_articles_ids_unique_and_sharded,
+    harmonics.sh_basis_orthonormal,
+    patching.entropy_model_beats_unigram,
+    patching.blt_patches_reassemble,
+    patching.patch_embeddings_consistent,
+    *ngrams.CHECKS,
 ]
 
 
@@ -46,7 +67,8 @@ def _parquet_asset_keys(assets_defs) -> list[dg.AssetKey]:
 
 
 duckdb_catalog = catalog.build_catalog_asset(_parquet_asset_keys(FAMILY_ASSETS))
-ALL_ASSETS = [*FAMILY_ASSETS, duckdb_catalog]
+# automation conditions + contract column schemas for every asset (sphere_assets/automation.py)
+ALL_ASSETS = automation.apply_orchestration([*FAMILY_ASSETS, duckdb_catalog])
 
 RESOURCES = {
     "warehouse": WarehouseResource(root=env_or("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)),
@@ -66,18 +88,16 @@ RESOURCES = {
     ),
     "jax": JaxDeviceResource(platform=env_or("SPHERE_JAX_PLATFORM", "cpu")),
     "postgres": PostgresResource(url=env_or("SPHERE_POSTGRES_URL", "")),
+    "hll": HllSetResource(
+        p=env_or("SPHERE_HLL_P", 10, "int"),
+        span_patches=env_or("SPHERE_HLL_SPAN", DEFAULT_SPAN_PATCHES, "int"),
+    ),
 }
 
-ingest_job = dg.define_asset_job(
-    name="ingest_job",
-    selection=dg.AssetSelection.assets(ingest.raw_articles),
-    description="raw_articles for the selected shard partitions.",
-    tags={"family": "ingest"},
-)
-
-JOBS: list = [ingest_job]
-SCHEDULES: list = []
-SENSORS: list = []
+# <group>_job per family + shards_job/global_job/band_limits_job, with retries (sphere_assets/jobs.py)
+JOBS: list = jobs.family_jobs(ALL_ASSETS)
+SCHEDULES: list = [schedules.nightly_shard_refresh]
+SENSORS: list = [sensors.incoming_files_sensor, automation.automation_sensor()]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
@@ -86,4 +106,5 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=RESOURCES,
+    executor=jobs.executor_from_env(),  # SPHERE_EXECUTOR: multiprocess (default) | celery
 )

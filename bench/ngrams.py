@@ -1,0 +1,181 @@
+"""Benchmark: n-gram occurrences indexed per second (vectorised, dedupe-then-hash) vs plain loops.
+
+Run:  .venv/bin/python bench/ngrams.py [--warehouse data/warehouse] [--repeat 5] [--p 10]
+
+"Indexed" = every 1-, 2-, 3-gram occurrence of every sequence is turned into its distinct key
+with count, 64-bit hash, register and run — i.e. the content of an ``ngram_index`` partition.
+
+Measured in the same run, on the same occurrences:
+
+* ``vectorised``      sphere_assets.compute.ngrams.index_sequences (+ hashes + reg/run),
+                       first-occurrence order (canonical=False);
+* ``vectorised+sort`` the same with canonical (byte-ordered) rows, as the asset writes them;
+* ``loop: hash only`` the reference: a plain per-occurrence ``mmh3.hash64(key, seed=0,
+                       signed=False)[0]`` loop over *prebuilt* keys (key building not timed);
+* ``loop: index``      a plain per-occurrence indexer: build key, hash, reg/run, count in a dict.
+
+Workloads: the bundled corpus with content-defined synthetic patches (repetitive like BLT
+patches) and with 8 seeds of random 1–8 byte patches (few repeats: worst case for dedupe), or
+real blt_patches with --warehouse.  Timings are the median of --repeat runs after one warm-up;
+the machine is shared, so absolute numbers are noisy — the ratios are measured back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+
+import mmh3
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._patch_source import concat_corpora, load_corpus, warehouse_corpus  # noqa: E402
+from sphere_assets.compute import hllset as hs  # noqa: E402
+from sphere_assets.compute import ngrams as ng  # noqa: E402
+from sphere_assets.compute.synthetic_patches import bundled_corpus  # noqa: E402
+
+
+def vectorised(corpus, p: int, canonical: bool):
+    ix = ng.index_sequences(corpus.patches, corpus.offsets, canonical=canonical)
+    out = []
+    for n in ng.ORDERS:
+        reg, run = hs.reg_run(ix.table.hashes[n - 1], p)
+        out.append((ix.table.counts[n - 1], ix.table.hashes[n - 1], reg, run))
+    return ix, out
+
+
+def occurrence_keys(corpus) -> list[bytes]:
+    keys: list[bytes] = []
+    for i in range(len(corpus.article_ids)):
+        per = ng.reference_keys(corpus.article_patches(i))
+        for n in ng.ORDERS:
+            keys.extend(per[n])
+    return keys
+
+
+def loop_hash(keys: list[bytes]) -> list[int]:
+    return [mmh3.hash64(k, seed=0, signed=False)[0] for k in keys]
+
+
+def loop_index(corpus, p: int) -> dict:
+    mask = (1 << p) - 1
+    counts: Counter = Counter()
+    info: dict = {}
+    sep, start, end = ng.SEP, ng.START, ng.END
+    esc = ng.escape_part
+    offsets = corpus.offsets
+    patches = corpus.patches.to_pylist()
+    for a in range(len(offsets) - 1):
+        seq = patches[offsets[a] : offsets[a + 1]]
+        if not seq:
+            continue
+        parts = [start] + [esc(x) for x in seq] + [end]
+        for n, grams in (
+            (1, seq),
+            (2, [parts[i] + sep + parts[i + 1] for i in range(len(parts) - 1)]),
+            (3, [sep.join(parts[i : i + 3]) for i in range(len(parts) - 2)]),
+        ):
+            for key in grams:
+                h = mmh3.hash64(key, seed=0, signed=False)[0]
+                x = h >> p
+                run = min((x & -x).bit_length() - 1, 31) if x else 31
+                counts[(n, key)] += 1
+                info[(n, key)] = (h, h & mask, run)
+    return {k: (c, *info[k]) for k, c in counts.items()}
+
+
+def timed(fn, repeat: int):
+    fn()  # warm-up (allocator, caches)
+    times = []
+    result = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def check_equal(ix, loop_result) -> None:
+    table = ix.table
+    n_rows = sum(table.size(n) for n in ng.ORDERS)
+    if n_rows != len(loop_result):
+        raise AssertionError(f"row count {n_rows} != loop {len(loop_result)}")
+    for n in ng.ORDERS:
+        keys = table.keys(n).to_pylist()
+        for key, c, h in zip(keys, table.counts[n - 1].tolist(), table.hashes[n - 1].tolist(), strict=True):
+            lc, lh, _, _ = loop_result[(n, key)]
+            if lc != c or lh != h:
+                raise AssertionError(f"mismatch for {n}-gram {key!r}")
+
+
+def run_workload(name: str, corpus, p: int, repeat: int) -> dict:
+    keys = occurrence_keys(corpus)
+    n_occ = len(keys)
+    t_vec, (ix, _) = timed(lambda: vectorised(corpus, p, False), repeat)
+    t_can, _ = timed(lambda: vectorised(corpus, p, True), repeat)
+    t_hash, _ = timed(lambda: loop_hash(keys), repeat)
+    t_loop, loop_result = timed(lambda: loop_index(corpus, p), max(1, repeat // 2))
+    check_equal(ix, loop_result)
+    distinct = [ix.table.size(n) for n in ng.ORDERS]
+    return {
+        "workload": name,
+        "source": corpus.source,
+        "patches": corpus.n_patches,
+        "occurrences": n_occ,
+        "distinct": distinct,
+        "vec": n_occ / t_vec,
+        "vec_sort": n_occ / t_can,
+        "loop_hash": n_occ / t_hash,
+        "loop_index": n_occ / t_loop,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--warehouse", default=None, help="read blt_patches Parquet from here")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--p", type=int, default=hs.DEFAULT_P)
+    args = ap.parse_args()
+
+    workloads = []
+    real = warehouse_corpus(args.warehouse) if args.warehouse else None
+    if args.warehouse and real is None:
+        print(f"# no blt_patches under {args.warehouse!r}: using synthetic patches")
+    if real is not None:
+        workloads.append(("blt_patches", real))
+    else:
+        workloads.append(("content", load_corpus(None, "content")))
+        workloads.append(
+            (
+                "random x8",
+                concat_corpora(
+                    [bundled_corpus(mode="random", seed=s) for s in range(8)],
+                    "synthetic:random:seeds=0..7",
+                ),
+            )
+        )
+    print(f"# cpus visible: {os.cpu_count()}  P={args.p}  repeat={args.repeat} (median)")
+    header = (
+        f"| workload | source | patches | occurrences | distinct 1/2/3 | vectorised M/s | "
+        f"vectorised+sort M/s | loop hash-only M/s | loop index M/s | vec / loop-hash | "
+        f"vec / loop-index |"
+    )
+    print(header)
+    print("|" + "---|" * header.count("|")[:-1] if False else "|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, corpus in workloads:
+        r = run_workload(name, corpus, args.p, args.repeat)
+        print(
+            f"| {r['workload']} | {r['source']} | {r['patches']:,} | {r['occurrences']:,} | "
+            f"{'/'.join(f'{d:,}' for d in r['distinct'])} | {r['vec'] / 1e6:.2f} | "
+            f"{r['vec_sort'] / 1e6:.2f} | {r['loop_hash'] / 1e6:.2f} | {r['loop_index'] / 1e6:.2f} | "
+            f"{r['vec'] / r['loop_hash']:.2f}x | {r['vec'] / r['loop_index']:.2f}x |"
+        )
+    print("# results verified equal to the plain loop (keys, counts, hashes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Benchmark: BLT entropy + patching throughput vs the same run's raw model forward pass.
+
+    .venv/bin/python bench/patching.py [--threads 1 2] [--repeat 3] [--steps N]
+
+1. Trains the default tiny entropy model (EntropyModelConfig.tiny) on the bundled corpus
+   (pydoc_data.topics) and reports training time, held-out bits/byte and the unigram baseline.
+2. Over every article of the corpus, per thread count, times (median of --repeat, after a
+   warm-up pass):
+
+   * ``raw forward``: ``model(tokens)`` (embedding, blocks, final norm, head: full logits) on
+     non-overlapping chunks of the inference chunk size — the bare model cost, the reference;
+   * ``entropy``: entropies for every byte with full context (overlapping chunks, blocked
+     head + entropy), no patch rule;
+   * ``entropy + patching``: ``patcher.patch_article`` — entropies, BLT's start rule, max-length
+     split, per-patch mean/max/first entropy;
+   * ``+ pooling``: ``patch_embeddings.pool_patch_embeddings`` on those patches (a second
+     trunk pass; shown for completeness).
+
+   and prints bytes/s and the overhead ratio ``t(entropy + patching) / t(raw forward) - 1``.
+
+Targets (issue 3): entropy + patching >= 0.2 MB/s on 2 cores for the tiny model, overhead <= 10%.
+The machine may be shared: CPU time (process_time) is printed beside wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from sphere_assets.compute import entropy_model as em
+from sphere_assets.compute import patch_embeddings as pe
+from sphere_assets.compute import patcher as pt
+
+
+def corpus() -> list[tuple[str, bytes]]:
+    from pydoc_data.topics import topics
+
+    return [(f"pydoc:{k}", v.encode("utf-8")) for k, v in sorted(topics.items())]
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    """(median wall s, median cpu s) over ``repeat`` runs after one warm-up."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def raw_forward(model, articles, chunk):
+    with torch.inference_mode():
+        for _, data in articles:
+            tokens = torch.from_numpy(em.bytes_to_tokens(data))
+            for s in range(0, len(tokens), chunk):
+                model(tokens[s : s + chunk][None])
+
+
+def entropy_only(model, articles):
+    for _, data in articles:
+        pt.article_entropies(model, data)
+
+
+def entropy_and_patching(model, articles, threshold, out=None):
+    for _, data in articles:
+        res = pt.patch_article(model, data, threshold, "global", 128)
+        if out is not None:
+            out.append(res)
+
+
+def pooling(model, articles, patches):
+    for (_, data), res in zip(articles, patches, strict=True):
+        pe.pool_patch_embeddings(model, data, res.byte_start, res.byte_len, byte_entropy=res.byte_entropy)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="override training steps")
+    args = ap.parse_args()
+
+    articles = corpus()
+    total = sum(len(d) for _, d in articles)
+    cfg = em.EntropyModelConfig.tiny(**({"steps": args.steps} if args.steps else {}))
+    print(f"# corpus: pydoc_data.topics, {len(articles)} articles, {total / 1e6:.3f} MB")
+    print(f"# model: {cfg.to_json()}")
+
+    t0 = time.perf_counter()
+    sample = em.sample_training_bytes(articles, cfg)
+    model, report = em.train_entropy_model(sample, cfg)
+    print(
+        f"training: {report.steps} steps in {report.train_seconds:.1f} s wall "
+        f"({time.perf_counter() - t0:.1f} s incl. sampling + eval), {report.num_parameters} "
+        f"params, {cfg.num_threads} thread(s)"
+    )
+    print(
+        f"held-out bits/byte {report.heldout_bits_per_byte:.3f} vs unigram "
+        f"{report.unigram_bits_per_byte:.3f} (held-out empirical unigram entropy "
+        f"{report.heldout_unigram_entropy_bits:.3f}); {report.train_bytes} train / "
+        f"{report.heldout_bytes} held-out bytes"
+    )
+    with em.torch_runtime(1):
+        held = [pt.token_entropies(model, s) for s in sample.heldout_segments]
+    cal = pt.calibrate_threshold(held, 4.5, "global", 128)
+    print(
+        f"calibrated θ = {cal.threshold:.4f} nats (held-out mean {cal.achieved_mean_patch_bytes:.3f} "
+        f"bytes, {cal.evaluations} bisection evaluations)"
+    )
+    chunk = em.default_chunk_size(cfg)
+    print(f"inference chunk {chunk} tokens, overlap {em.receptive_field(cfg)} tokens\n")
+
+    header = f"{'threads':>7} | {'stage':<22} | {'wall s':>7} | {'cpu s':>7} | {'MB/s':>6} | vs raw fwd"
+    print(header)
+    print("-" * len(header))
+    summary = []
+    for threads in args.threads:
+        with em.torch_runtime(threads):
+            raw = timed(lambda: raw_forward(model, articles, chunk), args.repeat)
+            ent = timed(lambda: entropy_only(model, articles), args.repeat)
+            pat = timed(lambda: entropy_and_patching(model, articles, cal.threshold), args.repeat)
+            patches: list = []
+            entropy_and_patching(model, articles, cal.threshold, patches)
+            pool = timed(lambda: pooling(model, articles, patches), args.repeat)
+        for name, (wall, cpu) in (
+            ("raw forward (ref)", raw),
+            ("entropy", ent),
+            ("entropy + patching", pat),
+            ("pooling (2nd pass)", pool),
+        ):
+            ratio = wall / raw[0]
+            print(
+                f"{threads:>7} | {name:<22} | {wall:7.3f} | {cpu:7.3f} | "
+                f"{total / wall / 1e6:6.3f} | x{ratio:.3f}"
+            )
+        n_patches = sum(r.num_patches for r in patches)
+        summary.append((threads, total / pat[0] / 1e6, pat[0] / raw[0] - 1, total / n_patches))
+    print()
+    for threads, mbps, overhead, mean in summary:
+        print(
+            f"threads={threads}: entropy+patching {mbps:.3f} MB/s (target >= 0.2), overhead vs raw "
+            f"forward {overhead:+.1%} (target <= +10%), mean patch {mean:.2f} bytes"
+        )
+    print(f"load average at end: {open('/proc/loadavg').read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    np.seterr(all="raise")
+    main()

@@ -1,0 +1,630 @@
+"""Patch n-grams: keys, vectorised extraction, counting, merging and HLLSets of sequences.
+
+Tokens are BLT patches (their bytes).  A *sequence* is one article's (or one span's) patches in
+order.
+
+Keys
+    * 1-gram: the patch bytes, unchanged.
+    * 2-/3-gram: the sequence is padded once with ``_START_`` in front and ``_END_`` behind and
+      consecutive parts are joined with one 0x00 byte, e.g. ``b"_START_\\x00Hel\\x00lo"``.
+      Inside 2-/3-gram keys a patch is *escaped* (never rejected) so that keys stay injective:
+      0x01 → 0x01 0x01, then 0x00 → 0x01 0x02; a patch spelled exactly ``_START_`` or ``_END_``
+      gets the prefix 0x01 0x03.  Escaped parts contain no 0x00, so splitting a key on 0x00
+      recovers the parts, and a bare ``_START_``/``_END_`` part is always the sentinel.  Patches
+      without 0x00/0x01 (all text) are their own escape.
+    * A sequence of L ≥ 1 patches has L 1-grams, L+1 2-grams and L 3-grams (occurrences).  An
+      empty sequence contributes nothing.
+
+Token ids
+    Within an :class:`NgramTable`, id 0 is ``_START_``, id 1 is ``_END_`` and ids 2.. are the
+    distinct patches in ascending byte order.  n-grams are rows of ids, sorted lexicographically:
+    this *canonical order* depends only on the bytes (START < END < patches by bytes), so tables
+    built per shard and merged equal the table built over everything at once.
+
+Counting is deduplicate-then-hash: patches are dictionary-encoded (Arrow hash kernel), 2-grams
+and 3-grams become integer codes ``left * T + right`` that are deduplicated the same way, and
+only the distinct n-grams are turned into key bytes (Arrow ``take`` + ``binary_join``) and
+hashed (:func:`sphere_assets.compute.hllset.hash64_keys`).  Nothing loops over occurrences in
+Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sphere_assets.compute import hllset as hs
+
+START = b"_START_"
+END = b"_END_"
+SEP = b"\x00"
+ESC = 0x01
+START_ID = 0
+END_ID = 1
+FIRST_PATCH_ID = 2
+ORDERS = (1, 2, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys (scalar reference + escaping)
+# ---------------------------------------------------------------------------------------------
+
+
+def escape_part(patch: bytes) -> bytes:
+    """Escape one patch for use inside a 2-/3-gram key (see module docstring)."""
+    if patch == START or patch == END:
+        return b"\x01\x03" + patch
+    if b"\x00" in patch or b"\x01" in patch:
+        return patch.replace(b"\x01", b"\x01\x01").replace(b"\x00", b"\x01\x02")
+    return patch
+
+
+def unescape_part(part: bytes) -> bytes:
+    """Inverse of :func:`escape_part` (sentinel spellings must be handled by the caller)."""
+    if part.startswith(b"\x01\x03"):
+        return part[2:]
+    if b"\x01" not in part:
+        return part
+    out = bytearray()
+    i = 0
+    while i < len(part):
+        byte = part[i]
+        if byte == ESC:
+            if i + 1 >= len(part) or part[i + 1] not in (0x01, 0x02):
+                raise ValueError(f"malformed escape in n-gram key part {part!r}")
+            out.append(0x01 if part[i + 1] == 0x01 else 0x00)
+            i += 2
+        else:
+            out.append(byte)
+            i += 1
+    return bytes(out)
+
+
+def reference_keys(patches: Sequence[bytes]) -> dict[int, list[bytes]]:
+    """Keys of every n-gram occurrence of one sequence, in order (slow, obviously-correct)."""
+    if not patches:
+        return {1: [], 2: [], 3: []}
+    parts = [START] + [escape_part(p) for p in patches] + [END]
+    return {
+        1: list(patches),
+        2: [SEP.join(parts[i : i + 2]) for i in range(len(parts) - 1)],
+        3: [SEP.join(parts[i : i + 3]) for i in range(len(parts) - 2)],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def as_binary_array(patches: pa.Array | pa.ChunkedArray | Sequence[bytes]) -> pa.Array:
+    if isinstance(patches, pa.ChunkedArray):
+        patches = patches.combine_chunks()
+    if not isinstance(patches, pa.Array):
+        patches = pa.array(list(patches), type=pa.binary())
+    if pa.types.is_large_binary(patches.type) or pa.types.is_string(patches.type):
+        patches = patches.cast(pa.binary())
+    if not pa.types.is_binary(patches.type):
+        raise TypeError(f"patches must be binary, got {patches.type}")
+    if patches.null_count:
+        raise ValueError(f"patches contain {patches.null_count} null value(s)")
+    return patches
+
+
+def tokenize(patches: pa.Array, *, canonical: bool = True) -> tuple[np.ndarray, pa.Array]:
+    """(token id per patch int32, token table) with START/END at 0/1 and the patches after.
+
+    canonical=True orders the patches by bytes; otherwise by first occurrence (cheaper, still
+    deterministic for a given input order).
+    """
+    encoded = pc.dictionary_encode(patches)
+    local_ids = encoded.indices.to_numpy(zero_copy_only=False)
+    distinct = encoded.dictionary
+    if not canonical:
+        tokens = pa.concat_arrays([pa.array([START, END], type=pa.binary()), distinct])
+        return (local_ids + FIRST_PATCH_ID).astype(np.int32), tokens
+    order = pc.sort_indices(distinct).to_numpy()
+    rank = np.empty(order.size, dtype=np.int32)
+    rank[order] = np.arange(order.size, dtype=np.int32) + FIRST_PATCH_ID
+    tokens = pa.concat_arrays([pa.array([START, END], type=pa.binary()), distinct.take(order)])
+    return rank[local_ids], tokens
+
+
+def escaped_tokens(tokens: pa.Array) -> pa.Array:
+    """Tokens as they appear inside 2-/3-gram keys (sentinels at ids 0/1 stay bare)."""
+    data, offsets = hs.binary_buffers(tokens)
+    suspicious = np.flatnonzero(data <= ESC)
+    needs = set()
+    if suspicious.size:
+        needs.update(np.searchsorted(offsets, suspicious, side="right") - 1)
+    patches = tokens.slice(FIRST_PATCH_ID)
+    for spelling in (START, END):
+        hit = pc.equal(patches, pa.scalar(spelling, pa.binary()))
+        needs.update(np.flatnonzero(hit.to_numpy(zero_copy_only=False)) + FIRST_PATCH_ID)
+    needs.discard(START_ID)
+    needs.discard(END_ID)
+    if not needs:
+        return tokens
+    values = tokens.to_pylist()
+    for i in needs:
+        values[int(i)] = escape_part(values[int(i)])
+    return pa.array(values, type=pa.binary())
+
+
+def with_separator(escaped: pa.Array) -> pa.Array:
+    """Escaped tokens plus one extra entry (id ``len(escaped)``): the 0x00 separator."""
+    return pa.concat_arrays([escaped, pa.array([SEP], type=pa.binary())])
+
+
+def key_buffers(escaped_sep: pa.Array, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(data uint8, offsets int64) of the 2-/3-gram keys of ``grams`` rows, back to back.
+
+    One gather of the interleaved pieces ``a, SEP, b[, SEP, c]`` from the token table: the
+    gathered pieces lie contiguously, so every (2n-1)-th piece boundary is a key boundary.
+    """
+    n = grams.shape[1]
+    width = 2 * n - 1
+    pieces = np.full((grams.shape[0], width), len(escaped_sep) - 1, dtype=np.int32)
+    pieces[:, ::2] = grams
+    taken = escaped_sep.take(pa.array(pieces.reshape(-1)))
+    data, piece_offsets = hs.binary_buffers(taken)
+    return data[piece_offsets[0] : piece_offsets[-1]], piece_offsets[::width] - piece_offsets[0]
+
+
+def join_keys(escaped: pa.Array, grams: np.ndarray) -> pa.Array:
+    """2-/3-gram keys for rows of token ids as a binary Arrow array."""
+    data, offsets = key_buffers(with_separator(escaped), grams)
+    off_type, off_dtype = (pa.binary(), np.int32) if data.size < 2**31 else (pa.large_binary(), np.int64)
+    return pa.Array.from_buffers(
+        off_type,
+        grams.shape[0],
+        [None, pa.py_buffer(offsets.astype(off_dtype)), pa.py_buffer(data)],
+    ).cast(pa.binary())
+
+
+# ---------------------------------------------------------------------------------------------
+# Occurrences
+# ---------------------------------------------------------------------------------------------
+
+
+def check_offsets(offsets: np.ndarray, n_patches: int) -> np.ndarray:
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0 or offsets[-1] != n_patches:
+        raise ValueError(
+            f"sequence offsets must start at 0 and end at the number of patches ({n_patches})"
+        )
+    if np.any(np.diff(offsets) < 0):
+        raise ValueError("sequence offsets must be non-decreasing")
+    return offsets
+
+
+@dataclass(frozen=True)
+class Occurrences:
+    """Every n-gram occurrence as token ids, and the sequence it came from."""
+
+    grams: tuple[np.ndarray, np.ndarray, np.ndarray]  # (k_n, n) int32 per order
+    sequence: tuple[np.ndarray, np.ndarray, np.ndarray]  # (k_n,) int64 sequence index
+    prefix: np.ndarray  # (k_3,) index of the 2-gram occurrence that starts each 3-gram
+
+    @property
+    def total(self) -> int:
+        return sum(g.shape[0] for g in self.grams)
+
+
+def occurrences(token_ids: np.ndarray, offsets: np.ndarray) -> Occurrences:
+    """Pad every non-empty sequence with START/END and list its 1-, 2- and 3-grams."""
+    token_ids = np.asarray(token_ids, dtype=np.int32)
+    offsets = check_offsets(offsets, token_ids.size)
+    lengths = np.diff(offsets)
+    keep = np.flatnonzero(lengths > 0)
+    lengths = lengths[keep]
+    starts = offsets[:-1][keep]
+    n_seq = keep.size
+    # padded layout: sequence s occupies [starts[s] + 2s, starts[s] + 2s + lengths[s] + 2)
+    pad_start = starts + 2 * np.arange(n_seq)
+    packed = token_ids  # sequences tile the patch array; empty ones hold no patches
+    padded = np.full(packed.size + 2 * n_seq, END_ID, dtype=np.int32)
+    padded[pad_start] = START_ID
+    inner = np.ones(padded.size, dtype=bool)
+    inner[pad_start] = False
+    inner[pad_start + lengths + 1] = False
+    padded[inner] = packed
+    # windows never straddle sequences: a window may not contain an END before its last part
+    left, mid = padded[:-1], padded[1:]
+    ok2 = left != END_ID
+    ok3 = ok2[:-1] & (mid[:-1] != END_ID)
+    g1 = packed.reshape(-1, 1)
+    g2 = np.stack([left[ok2], mid[ok2]], axis=1)
+    g3 = np.stack([padded[:-2][ok3], padded[1:-1][ok3], padded[2:][ok3]], axis=1)
+    seq_ids = keep.astype(np.int64)
+    s1 = np.repeat(seq_ids, lengths)
+    s2 = np.repeat(seq_ids, lengths + 1)
+    s3 = np.repeat(seq_ids, lengths)
+    # sequence s has L+1 2-gram and L 3-gram windows; 3-gram k starts at 2-gram k of s
+    prefix = np.arange(g3.shape[0], dtype=np.int64) + np.repeat(np.arange(n_seq), lengths)
+    return Occurrences((g1, g2, g3), (s1, s2, s3), prefix)
+
+
+def _gram_codes(rows: np.ndarray, n_tokens: int) -> np.ndarray:
+    """Injective int64 code of id rows, increasing in their lexicographic order.
+
+    The caller guarantees ``n_tokens ** n < 2^63`` (int64 sorts faster than uint64 here).
+    """
+    code = rows[:, 0].astype(np.int64)
+    for col in range(1, rows.shape[1]):
+        code *= n_tokens
+        code += rows[:, col]
+    return code
+
+
+def _decode(codes: np.ndarray, n: int, n_tokens: int) -> np.ndarray:
+    rows = np.empty((codes.size, n), dtype=np.int32)
+    rest = codes.astype(np.int64, copy=True)
+    for col in range(n - 1, -1, -1):
+        rest, rows[:, col] = np.divmod(rest, n_tokens)
+    return rows
+
+
+def _sorted_unique_counts(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct codes ascending and how often each occurs (one sort, no inverse)."""
+    if codes.size == 0:
+        return codes.copy(), np.zeros(0, dtype=np.int64)
+    ordered = np.sort(codes)
+    first = np.empty(ordered.size, dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, ordered.size)).astype(np.int64)
+    return ordered[starts], counts
+
+
+@dataclass(frozen=True)
+class DistinctGrams:
+    """Distinct n-grams of one order (lexicographic rows of token ids) with their counts."""
+
+    grams: np.ndarray  # (V, n) int32
+    counts: np.ndarray  # (V,) int64
+    codes: np.ndarray  # (V,) int64, ascending: _gram_codes(grams)
+
+    def inverse(self, occurrence_grams: np.ndarray, n_tokens: int) -> np.ndarray:
+        """Row of every occurrence (binary search of its code)."""
+        return np.searchsorted(self.codes, _gram_codes(occurrence_grams, n_tokens)).astype(np.int64)
+
+
+def distinct_grams(occ: Occurrences, n_tokens: int) -> tuple[DistinctGrams, ...]:
+    """Deduplicate the occurrences of every order by sorting integer codes.
+
+    Codes are ``a*T + b`` and ``(a*T + b)*T + c`` with ``T`` = number of token ids, so the
+    sorted distinct codes are the rows in lexicographic order.  When ``T^3`` does not fit in
+    64 bits, 3-grams are coded as ``rank(a, b) * T + c`` instead (same order).
+    """
+    if n_tokens >= 2**31:
+        raise ValueError(f"too many distinct patches ({n_tokens}) for int32 token ids")
+    # order 1: token ids themselves
+    g1 = occ.grams[0][:, 0]
+    counts1 = np.bincount(g1, minlength=n_tokens).astype(np.int64)
+    present = np.flatnonzero(counts1[FIRST_PATCH_ID:]) + FIRST_PATCH_ID
+    d1 = DistinctGrams(
+        present.astype(np.int32).reshape(-1, 1), counts1[present], present.astype(np.int64)
+    )
+    # order 2
+    codes2, counts2 = _sorted_unique_counts(_gram_codes(occ.grams[1], n_tokens))
+    d2 = DistinctGrams(_decode(codes2, 2, n_tokens), counts2, codes2)
+    # order 3
+    g3 = occ.grams[2]
+    if n_tokens < 2_097_152:  # T^3 < 2^63
+        codes3, counts3 = _sorted_unique_counts(_gram_codes(g3, n_tokens))
+        d3 = DistinctGrams(_decode(codes3, 3, n_tokens), counts3, codes3)
+    else:
+        if codes2.size * n_tokens >= 2**63:
+            raise ValueError("3-gram code space exceeds 63 bits; shard the input further")
+        prefix = np.searchsorted(codes2, _gram_codes(g3[:, :2], n_tokens)).astype(np.int64)
+        wide, counts3 = _sorted_unique_counts(prefix * n_tokens + g3[:, 2])
+        rows3 = np.concatenate(
+            [d2.grams[wide // n_tokens], (wide % n_tokens).astype(np.int32).reshape(-1, 1)],
+            axis=1,
+        )
+        d3 = _WideDistinct(rows3, counts3, wide, codes2)
+    return d1, d2, d3
+
+
+@dataclass(frozen=True)
+class _WideDistinct(DistinctGrams):
+    prefix_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def inverse(self, occurrence_grams: np.ndarray, n_tokens: int) -> np.ndarray:
+        prefix = np.searchsorted(self.prefix_codes, _gram_codes(occurrence_grams[:, :2], n_tokens))
+        wide = prefix.astype(np.int64) * n_tokens + occurrence_grams[:, 2]
+        return np.searchsorted(self.codes, wide).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class NgramTable:
+    """Distinct 1-, 2-, 3-grams (rows of token ids, canonical order) with occurrence counts."""
+
+    tokens: pa.Array  # binary; [START, END, patches ascending]
+    grams: tuple[np.ndarray, np.ndarray, np.ndarray]
+    counts: tuple[np.ndarray, np.ndarray, np.ndarray]
+    _hash_threads: int | None = field(default=None, repr=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def size(self, n: int) -> int:
+        return int(self.grams[n - 1].shape[0])
+
+    @cached_property
+    def escaped(self) -> pa.Array:
+        return escaped_tokens(self.tokens)
+
+    def keys(self, n: int) -> pa.Array:
+        """Key bytes of every row of order ``n``."""
+        rows = self.grams[n - 1]
+        if n == 1:
+            first = FIRST_PATCH_ID
+            if rows.shape[0] == self.n_tokens - first and (
+                rows.shape[0] == 0 or (rows[0, 0] == first and rows[-1, 0] == self.n_tokens - 1)
+            ):
+                return self.tokens.slice(first)  # every patch occurs: no gather needed
+            return self.tokens.take(pa.array(rows[:, 0]))
+        return join_keys(self.escaped, rows)
+
+    @cached_property
+    def escaped_sep(self) -> pa.Array:
+        return with_separator(self.escaped)
+
+    def hash_rows(self, n: int) -> np.ndarray:
+        """64-bit hashes of the keys of order ``n`` (no Arrow key array is materialised)."""
+        if n == 1:
+            return hs.hash64_keys(self.keys(1), threads=self._hash_threads)
+        data, offsets = key_buffers(self.escaped_sep, self.grams[n - 1])
+        return hs.hash64_buffer(data, offsets, threads=self._hash_threads)
+
+    @cached_property
+    def hashes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(self.hash_rows(n) for n in ORDERS)
+
+    def canonical_equal(self, other: NgramTable) -> bool:
+        """Same distinct n-grams (by bytes) with the same counts."""
+        return (
+            self.tokens.equals(other.tokens)
+            and all(np.array_equal(a, b) for a, b in zip(self.grams, other.grams, strict=True))
+            and all(np.array_equal(a, b) for a, b in zip(self.counts, other.counts, strict=True))
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class IndexedSequences:
+    table: NgramTable
+    token_ids: np.ndarray  # per patch, ids into table.tokens
+    occurrences: Occurrences
+    distinct: tuple[DistinctGrams, DistinctGrams, DistinctGrams]
+
+    def inverse(self, n: int) -> np.ndarray:
+        """Table row of every occurrence of order ``n``."""
+        grams = self.occurrences.grams[n - 1]
+        if n == 1:
+            return np.searchsorted(self.distinct[0].codes, grams[:, 0].astype(np.int64))
+        return self.distinct[n - 1].inverse(grams, self.table.n_tokens)
+
+
+def index_sequences(
+    patches: pa.Array | Sequence[bytes],
+    offsets: np.ndarray,
+    *,
+    canonical: bool = True,
+    hash_threads: int | None = None,
+) -> IndexedSequences:
+    """Count the distinct 1-, 2-, 3-grams of sequences ``patches[offsets[i]:offsets[i+1]]``.
+
+    canonical=False keeps token ids in first-occurrence order (skips sorting the patch bytes);
+    the result is then deterministic for the given input order but not comparable across
+    inputs.  Hashes are computed lazily (``table.hashes``).
+    """
+    patches = as_binary_array(patches)
+    offsets = check_offsets(offsets, len(patches))
+    token_ids, tokens = tokenize(patches, canonical=canonical)
+    occ = occurrences(token_ids, offsets)
+    distinct = distinct_grams(occ, len(tokens))
+    table = NgramTable(
+        tokens,
+        tuple(d.grams for d in distinct),
+        tuple(d.counts for d in distinct),
+        hash_threads,
+    )
+    return IndexedSequences(table, token_ids, occ, distinct)
+
+
+def sequence_offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+def span_offsets(offsets: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut every sequence into consecutive spans of ``span`` patches (the last may be shorter).
+
+    Returns (span offsets into the same patch array, owning sequence per span, span index within
+    its sequence).  Empty sequences have no spans.
+    """
+    if span < 1:
+        raise ValueError(f"span length must be >= 1, got {span}")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    n_spans = -(-lengths // span)
+    owner = np.repeat(np.arange(lengths.size), n_spans)
+    first = np.repeat(np.cumsum(n_spans) - n_spans, n_spans)
+    index = np.arange(owner.size) - first
+    starts = offsets[:-1][owner] + index * span
+    ends = np.minimum(starts + span, offsets[1:][owner])
+    bounds = np.concatenate([starts, ends[-1:]]) if owner.size else np.zeros(1, np.int64)
+    if owner.size and not np.array_equal(bounds[1:-1], ends[:-1]):
+        # spans of consecutive sequences are contiguous only when no sequence is empty-adjacent;
+        # they always are, since spans tile each sequence and sequences tile the patches
+        raise AssertionError("span tiling is not contiguous")
+    return bounds.astype(np.int64), owner.astype(np.int64), index.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_tables(tables: Sequence[NgramTable]) -> NgramTable:
+    """Add counts of n-grams with identical bytes (associative, commutative, canonical)."""
+    if not tables:
+        return empty_table()
+    all_tokens = pa.concat_arrays([t.tokens.slice(FIRST_PATCH_ID) for t in tables])
+    merged_tokens = pa.concat_arrays(
+        [pa.array([START, END], type=pa.binary()), pc.unique(all_tokens).sort()]
+    )
+    n_tokens = len(merged_tokens)
+    grams_out, counts_out = [], []
+    for n in ORDERS:
+        rows, counts = [], []
+        for t in tables:
+            local = t.grams[n - 1]
+            if local.shape[0] == 0:
+                continue
+            to_global = _token_map(t.tokens, merged_tokens)
+            rows.append(to_global[local])
+            counts.append(t.counts[n - 1])
+        if not rows:
+            grams_out.append(np.zeros((0, n), np.int32))
+            counts_out.append(np.zeros(0, np.int64))
+            continue
+        g, c = _sum_rows(np.concatenate(rows), np.concatenate(counts))
+        grams_out.append(g)
+        counts_out.append(c)
+    return NgramTable(merged_tokens, tuple(grams_out), tuple(counts_out))
+
+
+def _token_map(local_tokens: pa.Array, merged_tokens: pa.Array) -> np.ndarray:
+    idx = pc.index_in(local_tokens.slice(FIRST_PATCH_ID), value_set=merged_tokens.slice(2))
+    return np.concatenate(
+        [[START_ID, END_ID], idx.to_numpy(zero_copy_only=False).astype(np.int32) + FIRST_PATCH_ID]
+    ).astype(np.int32)
+
+
+def _sum_rows(rows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows (lexicographic) with summed counts."""
+    if rows.shape[0] == 0:
+        return rows.astype(np.int32), np.zeros(0, np.int64)
+    order = np.lexsort(rows.T[::-1])
+    rows, counts = rows[order], counts[order]
+    new = np.ones(rows.shape[0], dtype=bool)
+    new[1:] = np.any(rows[1:] != rows[:-1], axis=1)
+    return rows[new].astype(np.int32), np.add.reduceat(counts, np.flatnonzero(new)).astype(np.int64)
+
+
+def empty_table() -> NgramTable:
+    return NgramTable(
+        pa.array([START, END], type=pa.binary()),
+        tuple(np.zeros((0, n), np.int32) for n in ORDERS),
+        tuple(np.zeros(0, np.int64) for _ in ORDERS),
+    )
+
+
+def table_from_keys(
+    orders: np.ndarray, keys: pa.Array, counts: np.ndarray
+) -> NgramTable:
+    """Rebuild a table from stored rows (n, key, count) — e.g. ngram_index Parquet.
+
+    Keys are split on 0x00 and unescaped; rows with the same (n, key) are summed.
+    """
+    orders = np.asarray(orders, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    keys = as_binary_array(keys)
+    if not np.isin(orders, ORDERS).all():
+        bad = orders[~np.isin(orders, ORDERS)][0]
+        raise ValueError(f"n-gram order must be 1, 2 or 3, got {bad}")
+    part_lists: list[pa.Array] = []
+    for n in ORDERS:
+        sel = np.flatnonzero(orders == n)
+        sub = keys.take(pa.array(sel))
+        if n == 1:
+            part_lists.append(sub)
+            continue
+        split = pc.split_pattern(sub, pattern=SEP)
+        lens = pc.list_value_length(split).to_numpy(zero_copy_only=False)
+        if sel.size and not np.all(lens == n):
+            bad = int(np.flatnonzero(lens != n)[0])
+            raise ValueError(f"{n}-gram key {sub[bad].as_py()!r} does not have {n} parts")
+        part_lists.append(split)
+    # the distinct patch bytes: 1-gram keys and unescaped non-sentinel parts of longer keys
+    flat_parts = [part_lists[0]] + [pc.list_flatten(x) for x in part_lists[1:]]
+    raw_parts = []
+    for i, arr in enumerate(flat_parts):
+        if i == 0:
+            raw_parts.append(arr)
+            continue
+        sentinel = pc.or_(pc.equal(arr, pa.scalar(START, pa.binary())), pc.equal(arr, pa.scalar(END, pa.binary())))
+        raw_parts.append(_unescape_array(arr.filter(pc.invert(sentinel))))
+    patches = pc.unique(pa.concat_arrays(raw_parts)) if raw_parts else pa.array([], pa.binary())
+    tokens = pa.concat_arrays([pa.array([START, END], type=pa.binary()), patches.sort()])
+    grams_out, counts_out = [], []
+    for n, parts in zip(ORDERS, flat_parts, strict=True):
+        sel = np.flatnonzero(orders == n)
+        ids = _part_ids(parts, tokens, escaped=(n > 1)).reshape(-1, n)
+        g, c = _sum_rows(ids, counts[sel])
+        grams_out.append(g)
+        counts_out.append(c)
+    return NgramTable(tokens, tuple(grams_out), tuple(counts_out))
+
+
+def _unescape_array(parts: pa.Array) -> pa.Array:
+    data, offsets = hs.binary_buffers(parts)
+    suspicious = np.flatnonzero(data == ESC)
+    if not suspicious.size:
+        return parts
+    values = parts.to_pylist()
+    for i in set(np.searchsorted(offsets, suspicious, side="right") - 1):
+        values[int(i)] = unescape_part(values[int(i)])
+    return pa.array(values, type=pa.binary())
+
+
+def _part_ids(parts: pa.Array, tokens: pa.Array, *, escaped: bool) -> np.ndarray:
+    if len(parts) == 0:
+        return np.zeros(0, np.int32)
+    if not escaped:
+        idx = pc.index_in(parts, value_set=tokens.slice(FIRST_PATCH_ID))
+        return idx.to_numpy(zero_copy_only=False).astype(np.int32) + FIRST_PATCH_ID
+    # escaped parts: match against the escaped spelling of every token (sentinels bare)
+    idx = pc.index_in(parts, value_set=escaped_tokens(tokens))
+    if idx.null_count:
+        raise ValueError("n-gram key part not found among tokens")
+    return idx.to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# HLLSets of sequences
+# ---------------------------------------------------------------------------------------------
+
+
+def sequence_hllsets(indexed: IndexedSequences, n_sequences: int, p: int) -> np.ndarray:
+    """(n_sequences, 3, 2^P) uint32: the HLLSet of every sequence (empty ones stay zero)."""
+    out = np.zeros((n_sequences, hs.NUM_LAYERS, 1 << hs.check_p(p)), dtype=np.uint32)
+    for layer, n in enumerate(ORDERS):
+        row_bits = hs.bits_of(indexed.table.hashes[layer], p)
+        occ_bits = row_bits[indexed.inverse(n)]
+        seq = indexed.occurrences.sequence[layer]
+        # one (sequence, bit) pair per distinct combination keeps ufunc.at small
+        pair = np.unique(seq * (32 << p) + occ_bits)
+        out[:, layer, :] = hs.grouped_words(pair // (32 << p), pair % (32 << p), n_sequences, p)
+    return out
+
+
+def hllset_of_patches(patches: Sequence[bytes], p: int = hs.DEFAULT_P) -> hs.HLLSet:
+    """HLLSet of one sequence of patches."""
+    indexed = index_sequences(list(patches), sequence_offsets([len(patches)]))
+    return hs.HLLSet(p, sequence_hllsets(indexed, 1, p)[0])

@@ -1,0 +1,39 @@
+"""HLLSet n-gram settings as a Dagster resource (precision P, span length, adjacency smoothing)."""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from sphere_assets.compute.adjacency import DEFAULT_ALPHA
+from sphere_assets.compute.hllset import DEFAULT_P, MAX_P, MIN_P
+
+DEFAULT_SPAN_PATCHES = 64
+
+
+class HllSetResource(dg.ConfigurableResource):
+    """Settings shared by ngram_index, ngram_vocabulary, article_hllsets and the adjacency assets.
+
+    * ``p`` — HLLSet precision: 2^P uint32 words per layer (env ``SPHERE_HLL_P``);
+    * ``span_patches`` — article_hllsets also stores one HLLSet per span of this many patches
+      (env ``SPHERE_HLL_SPAN``; 0 = articles only);
+    * ``alpha`` — additive smoothing of the adjacency weights ln((F3+α)/(F2+α·outdeg)).
+    """
+
+    p: int = Field(default=DEFAULT_P, description=f"HLLSet precision P in [{MIN_P}, {MAX_P}].")
+    span_patches: int = Field(
+        default=DEFAULT_SPAN_PATCHES, description="Patches per span HLLSet (0 = no spans)."
+    )
+    alpha: float = Field(default=DEFAULT_ALPHA, description="Adjacency weight smoothing (> 0).")
+
+    def checked(self) -> HllSetResource:
+        if not MIN_P <= self.p <= MAX_P:
+            raise ValueError(f"hll.p (SPHERE_HLL_P) must be in [{MIN_P}, {MAX_P}], got {self.p}")
+        if self.span_patches < 0:
+            raise ValueError(f"hll.span_patches (SPHERE_HLL_SPAN) must be >= 0, got {self.span_patches}")
+        if not self.alpha > 0:
+            raise ValueError(f"hll.alpha must be > 0, got {self.alpha}")
+        return self
+
+    def metadata(self) -> dict:
+        return {"hll/p": self.p, "hll/span_patches": self.span_patches, "hll/alpha": self.alpha}

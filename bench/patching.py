@@ -76,7 +76,9 @@ def entropy_and_patching(model, articles, threshold, out=None):
 
 def pooling(model, articles, patches):
     for (_, data), res in zip(articles, patches, strict=True):
-        pe.pool_patch_embeddings(model, data, res.byte_start, res.byte_len, byte_entropy=res.byte_entropy)
+        pe.pool_patch_embeddings(
+            model, data, res.byte_start, res.byte_len, byte_entropy=res.byte_entropy
+        )
 
 
 def main() -> None:
@@ -116,7 +118,9 @@ def main() -> None:
     chunk = em.default_chunk_size(cfg)
     print(f"inference chunk {chunk} tokens, overlap {em.receptive_field(cfg)} tokens\n")
 
-    header = f"{'threads':>7} | {'stage':<22} | {'wall s':>7} | {'cpu s':>7} | {'MB/s':>6} | vs raw fwd"
+    header = (
+        f"{'threads':>7} | {'stage':<22} | {'wall s':>7} | {'cpu s':>7} | {'MB/s':>6} | vs raw fwd"
+    )
     print(header)
     print("-" * len(header))
     summary = []
@@ -127,7 +131,7 @@ def main() -> None:
             pat = timed(lambda: entropy_and_patching(model, articles, cal.threshold), args.repeat)
             patches: list = []
             entropy_and_patching(model, articles, cal.threshold, patches)
-            pool = timed(lambda: pooling(model, articles, patches), args.repeat)
+            pool = timed(lambda p=patches: pooling(model, articles, p), args.repeat)
         for name, (wall, cpu) in (
             ("raw forward (ref)", raw),
             ("entropy", ent),

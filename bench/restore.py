@@ -174,9 +174,11 @@ def main() -> None:
     t0 = time.perf_counter()
     table = ng.index_sequences(corpus.patches, corpus.offsets).table
     _ = table.hashes
-    print(f"# patches: {corpus.source}; {corpus.n_patches:,} patches in {len(corpus.article_ids)} "
-          f"articles; vocabulary 1/2/3-grams {table.size(1):,}/{table.size(2):,}/{table.size(3):,} "
-          f"(ingested in {time.perf_counter() - t0:.2f}s)")
+    print(
+        f"# patches: {corpus.source}; {corpus.n_patches:,} patches in {len(corpus.article_ids)} "
+        f"articles; vocabulary 1/2/3-grams {table.size(1):,}/{table.size(2):,}/{table.size(3):,} "
+        f"(ingested in {time.perf_counter() - t0:.2f}s)"
+    )
     print(f"# k={args.k} beam={args.beam} spans/cell={args.spans} seed={args.seed}")
     indexes = {}
     for p in ps:
@@ -184,8 +186,10 @@ def main() -> None:
         indexes[p] = rs.RestoreIndex.build(table, p)
         print(f"# restore index P={p} built in {time.perf_counter() - t0:.2f}s")
     print()
-    print("| L | P | n | determined | exact@1 | exact@1 (determined) | exact@k | ned@1 | ned@k | "
-          "ned rand | cover P | cover R | round trip | edges | ms |")
+    print(
+        "| L | P | n | determined | exact@1 | exact@1 (determined) | exact@k | ned@1 | ned@k | "
+        "ned rand | cover P | cover R | round trip | edges | ms |"
+    )
     print("|" + "---|" * 15)
     best_p_256 = None
     for length in lengths:
@@ -206,14 +210,18 @@ def main() -> None:
             if length == 256 and best_p_256 is None and r["exactk"] >= 0.9:
                 best_p_256 = p
     if 256 in lengths:
-        print(f"\n# smallest P with exact@k >= 0.9 at 256 patches: {best_p_256 or 'none of ' + str(ps)}")
+        print(
+            f"\n# smallest P with exact@k >= 0.9 at 256 patches: {best_p_256 or 'none of ' + str(ps)}"
+        )
     print("\n| latency, 64-patch spans | P | spans | p50 ms | p95 ms | max ms |")
     print("|---|---|---|---|---|---|")
     spans = sample_spans(corpus, 64, args.latency_spans, args.seed + 1)
     for p in ps:
         p50, p95, worst = latency(indexes[p], spans, args.k, args.beam)
-        print(f"| full vocabulary | {p} | {len(spans)} | {p50:.2f} | {p95:.2f} | {worst:.2f} |",
-              flush=True)
+        print(
+            f"| full vocabulary | {p} | {len(spans)} | {p50:.2f} | {p95:.2f} | {worst:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

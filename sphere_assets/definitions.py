@@ -19,6 +19,7 @@ from sphere_assets import (
     jobs,
     ngrams,
     patching,
+    publish,
     schedules,
     sensors,
 )
@@ -67,8 +68,11 @@ def _parquet_asset_keys(assets_defs) -> list[dg.AssetKey]:
 
 
 duckdb_catalog = catalog.build_catalog_asset(_parquet_asset_keys(FAMILY_ASSETS))
+# postgres_catalog + its check exist only when SPHERE_POSTGRES_URL is set (sphere_assets/publish.py),
+# so without a server the default job and `sphere materialize-all` leave the publish out.
+PUBLISH_ASSETS, PUBLISH_CHECKS = publish.publish_definitions(FAMILY_ASSETS)
 # automation conditions + contract column schemas for every asset (sphere_assets/automation.py)
-ALL_ASSETS = automation.apply_orchestration([*FAMILY_ASSETS, duckdb_catalog])
+ALL_ASSETS = automation.apply_orchestration([*FAMILY_ASSETS, duckdb_catalog, *PUBLISH_ASSETS])
 
 RESOURCES = {
     "warehouse": WarehouseResource(root=env_or("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)),
@@ -101,7 +105,7 @@ SENSORS: list = [sensors.incoming_files_sensor, automation.automation_sensor()]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    asset_checks=FAMILY_CHECKS,
+    asset_checks=[*FAMILY_CHECKS, *PUBLISH_CHECKS],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

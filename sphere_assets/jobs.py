@@ -30,7 +30,8 @@ pool's limit is instance configuration (``dagster.yaml`` ``concurrency.pools.def
 Executor: ``SPHERE_EXECUTOR`` picks it for every job launched through the instance (UI, CLI,
 schedules, sensors) — unset/``multiprocess`` = Dagster's default multiprocess executor,
 ``in_process``, or ``celery`` = ``dagster_celery.celery_executor`` with the broker from
-``SPHERE_CELERY_BROKER`` (default ``pyamqp://guest:guest@127.0.0.1:5672//``). ``execute_in_process``
+``SPHERE_CELERY_BROKER`` (default ``pyamqp://guest:guest@127.0.0.1:5672//``), steps sent to the
+queue ``SPHERE_CELERY_QUEUE`` (default ``dagster``). ``execute_in_process``
 (``sphere materialize-all``, tests) always runs in process.
 """
 
@@ -147,8 +148,13 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
             {
                 "broker": os.environ.get("SPHERE_CELERY_BROKER", DEFAULT_CELERY_BROKER),
                 "backend": os.environ.get("SPHERE_CELERY_BACKEND", "rpc://"),
-                # One task at a time per worker process: steps are long and CPU-bound.
-                "config_source": {"worker_prefetch_multiplier": 1},
+                "config_source": {
+                    # One task at a time per worker process: steps are long and CPU-bound.
+                    "worker_prefetch_multiplier": 1,
+                    # Steps go to this queue unless an op tags dagster-celery/queue; workers
+                    # listen with `dagster-celery worker start -q <queue>`.
+                    "task_default_queue": os.environ.get("SPHERE_CELERY_QUEUE", "dagster"),
+                },
             },
             name="celery",
         )

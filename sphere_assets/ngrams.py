@@ -22,7 +22,6 @@ Settings (P, span length, smoothing α) come from the ``hll`` resource
 ``sphere restore``).
 """
 
-
 import time
 
 import dagster as dg
@@ -126,7 +125,9 @@ def index_rows(table: ng.NgramTable, p: int) -> pa.Table:
 def table_from_rows(rows: pa.Table) -> ng.NgramTable:
     """NgramTable from stored (n, key, count[, hash]) rows; equal (n, key) rows are summed."""
     table = ng.table_from_keys(
-        rows.column("n").to_numpy(), rows.column("key").combine_chunks(), rows.column("count").to_numpy()
+        rows.column("n").to_numpy(),
+        rows.column("key").combine_chunks(),
+        rows.column("count").to_numpy(),
     )
     return table
 
@@ -230,7 +231,9 @@ def ngram_index(
             "distinct_3grams": int(distinct[2]),
             "seconds": round(seconds, 4),
             "occurrences_per_second": round(occurrences / max(seconds, 1e-9), 1),
-            "preview": preview_markdown(stats[0]["preview"], ["n", "key", "hash", "reg", "run", "count"]),
+            "preview": preview_markdown(
+                stats[0]["preview"], ["n", "key", "hash", "reg", "run", "count"]
+            ),
             "path": dg.MetadataValue.path(str(store.partition_dir(INDEX, keys[0]))),
         }
     )
@@ -261,12 +264,16 @@ def ngram_index_consistent(
         counts = rows.column("count").to_numpy()
         sums = [int(counts[n == k].sum()) for k in ng.ORDERS]
         if sums != [n_patches, n_patches + n_articles, n_patches]:
-            problems.append(f"shard {key}: count sums {sums} vs patches {n_patches}, articles {n_articles}")
+            problems.append(
+                f"shard {key}: count sums {sums} vs patches {n_patches}, articles {n_articles}"
+            )
         if (counts <= 0).any():
             problems.append(f"shard {key}: non-positive counts")
         if rows.group_by(["n", "key"]).aggregate([]).num_rows != rows.num_rows:
             problems.append(f"shard {key}: duplicate (n, key) rows")
-        sample = rows.slice(0, 500).to_pylist() + rows.slice(max(rows.num_rows - 500, 0)).to_pylist()
+        sample = (
+            rows.slice(0, 500).to_pylist() + rows.slice(max(rows.num_rows - 500, 0)).to_pylist()
+        )
         for r in sample:
             h = hs.hash64(r["key"])
             reg, run = hs.reg_run(np.array([h], np.uint64), hll.p)
@@ -275,7 +282,11 @@ def ngram_index_consistent(
                 break
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"shards": ",".join(keys), "problems": len(problems), "first_problems": "; ".join(problems[:5]) or "-"},
+        metadata={
+            "shards": ",".join(keys),
+            "problems": len(problems),
+            "first_problems": "; ".join(problems[:5]) or "-",
+        },
     )
 
 
@@ -287,7 +298,10 @@ def ngram_index_consistent(
 def lookup_tensors(rows: pa.Table, p: int) -> dict[str, np.ndarray]:
     """Per layer: ``indptr_n`` over bits and ``rows_n`` = Parquet row numbers sorted by bit."""
     n = rows.column("n").to_numpy()
-    bits = rows.column("reg").to_numpy().astype(np.int64) * hs.WORD_BITS + rows.column("run").to_numpy()
+    bits = (
+        rows.column("reg").to_numpy().astype(np.int64) * hs.WORD_BITS
+        + rows.column("run").to_numpy()
+    )
     out = {}
     for order in ng.ORDERS:
         sel = np.flatnonzero(n == order)
@@ -331,11 +345,18 @@ def ngram_vocabulary(
         writer.write_tensors(
             LOOKUP_STEM,
             lookup,
-            {"format": LOOKUP_FORMAT, "p": str(hll.p), "bit": "reg*32+run", "shards": ",".join(shards)},
+            {
+                "format": LOOKUP_FORMAT,
+                "p": str(hll.p),
+                "bit": "reg*32+run",
+                "shards": ",".join(shards),
+            },
         )
     sizes = [merged.size(n) for n in ng.ORDERS]
     top = rows.filter(pc.equal(rows.column("n"), 1)).sort_by([("count", "descending")]).slice(0, 8)
-    context.log.info(f"ngram_vocabulary: {len(shards)} shards -> {sizes} distinct n-grams in {seconds:.2f}s")
+    context.log.info(
+        f"ngram_vocabulary: {len(shards)} shards -> {sizes} distinct n-grams in {seconds:.2f}s"
+    )
     return dg.MaterializeResult(
         metadata={
             **standard_metadata(NGRAM_INDEX_SCHEMA, rows.num_rows, NGRAM_INDEX_COLUMN_DOCS),
@@ -387,7 +408,9 @@ def ngram_vocabulary_merge_consistent(
     if shard_keys:
         distinct = pa.concat_tables(shard_keys).group_by(["n", "key"]).aggregate([])
         if distinct.num_rows != rows.num_rows:
-            problems.append(f"{distinct.num_rows} distinct shard keys vs {rows.num_rows} vocabulary rows")
+            problems.append(
+                f"{distinct.num_rows} distinct shard keys vs {rows.num_rows} vocabulary rows"
+            )
     bits = rows.column("reg").to_numpy().astype(np.int64) * 32 + rows.column("run").to_numpy()
     for order in ng.ORDERS:
         indptr, lrows = lookup[f"indptr_{order}"], lookup[f"rows_{order}"]
@@ -449,7 +472,9 @@ def hllset_rows(
     cards = hs.cardinality(words_all, p).reshape(-1, 3)
     layer_bytes = [
         pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(4 * m), words_all.shape[0], [None, pa.py_buffer(words_all[:, i].astype("<u4").tobytes())]
+            pa.binary(4 * m),
+            words_all.shape[0],
+            [None, pa.py_buffer(words_all[:, i].astype("<u4").tobytes())],
         ).cast(pa.binary())
         for i in range(3)
     ]
@@ -503,7 +528,17 @@ def build_article_hllsets(store: Warehouse, shard: str, p: int, span: int) -> di
             rows += table.num_rows
             spans += int(pc.sum(pc.greater_equal(table.column("span_index"), 0)).as_py() or 0)
             if preview is None:
-                preview = table.select(["article_id", "span_index", "patch_start", "patch_count", "card1", "card2", "card3"])
+                preview = table.select(
+                    [
+                        "article_id",
+                        "span_index",
+                        "patch_start",
+                        "patch_count",
+                        "card1",
+                        "card2",
+                        "card3",
+                    ]
+                )
         if preview is None:
             stream.write(ARTICLE_HLLSETS_SCHEMA.empty_table())
     return {
@@ -631,7 +666,9 @@ def article_hllsets_consistent(
 # ---------------------------------------------------------------------------------------------
 
 
-def write_adjacency(store: Warehouse, asset: str, partition: str | None, graph: adj.Adjacency) -> None:
+def write_adjacency(
+    store: Warehouse, asset: str, partition: str | None, graph: adj.Adjacency
+) -> None:
     with store.partition_writer(asset, partition) as writer:
         writer.write_table(graph.node_table())
         writer.write_tensors(CSR_STEM, graph.tensors(), graph.tensor_metadata())
@@ -642,10 +679,18 @@ def load_adjacency(store: Warehouse, asset: str, partition: str | None) -> adj.A
     arrays, meta = store.read_tensors(asset, partition, CSR_STEM)
     if arrays["indptr"].size != nodes.num_rows + 1:
         raise ContractError(
-            asset, partition, f"{CSR_STEM}.indptr", f"{arrays['indptr'].size} entries for {nodes.num_rows} nodes"
+            asset,
+            partition,
+            f"{CSR_STEM}.indptr",
+            f"{arrays['indptr'].size} entries for {nodes.num_rows} nodes",
         )
     return adj.from_stored(
-        nodes, arrays["indptr"], arrays["indices"], arrays["counts"], arrays["weights"], float(meta["alpha"])
+        nodes,
+        arrays["indptr"],
+        arrays["indices"],
+        arrays["counts"],
+        arrays["weights"],
+        float(meta["alpha"]),
     )
 
 
@@ -697,7 +742,9 @@ def adjacency(
     return dg.MaterializeResult(
         metadata={
             **standard_metadata(
-                ADJACENCY_NODES_SCHEMA, sum(s["nodes"] for s in summaries), ADJACENCY_NODES_COLUMN_DOCS
+                ADJACENCY_NODES_SCHEMA,
+                sum(s["nodes"] for s in summaries),
+                ADJACENCY_NODES_COLUMN_DOCS,
             ),
             **hll.metadata(),
             "partitions_in_run": ",".join(keys),
@@ -763,7 +810,11 @@ def adjacency_csr_valid(
             problems.append(f"shard {key}: F2/F3 totals differ from ngram_index")
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"shards": ",".join(keys), "problems": len(problems), "first_problems": "; ".join(problems[:5]) or "-"},
+        metadata={
+            "shards": ",".join(keys),
+            "problems": len(problems),
+            "first_problems": "; ".join(problems[:5]) or "-",
+        },
     )
 
 
@@ -796,7 +847,9 @@ def adjacency_merged(
     summary = adjacency_summary(graph)
     return dg.MaterializeResult(
         metadata={
-            **standard_metadata(ADJACENCY_NODES_SCHEMA, summary["nodes"], ADJACENCY_NODES_COLUMN_DOCS),
+            **standard_metadata(
+                ADJACENCY_NODES_SCHEMA, summary["nodes"], ADJACENCY_NODES_COLUMN_DOCS
+            ),
             **hll.metadata(),
             **summary,
             "shards": ",".join(shards),
@@ -830,7 +883,11 @@ def adjacency_merged_equals_whole(
         problems.append("merged graph differs from the whole-corpus build")
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={**adjacency_summary(merged), "equal_to_whole_build": equal, "problems": "; ".join(problems) or "-"},
+        metadata={
+            **adjacency_summary(merged),
+            "equal_to_whole_build": equal,
+            "problems": "; ".join(problems) or "-",
+        },
     )
 
 
@@ -854,7 +911,9 @@ def load_vocabulary_table(store: Warehouse) -> ng.NgramTable:
         if probe.size and not np.array_equal(
             hs.hash64_keys(keys.take(pa.array(probe))), stored[k - 1][probe]
         ):
-            raise ContractError(VOCABULARY, None, "hash", f"{k}-gram hashes do not match their keys")
+            raise ContractError(
+                VOCABULARY, None, "hash", f"{k}-gram hashes do not match their keys"
+            )
     table.__dict__["hashes"] = stored  # cached_property slot: no need to re-hash every key
     return table
 
@@ -883,7 +942,9 @@ def load_hllset(store: Warehouse, article_id: str, span_index: int = -1) -> hs.H
         if hit.num_rows:
             r = hit.slice(0, 1).to_pylist()[0]
             return hs.HLLSet.from_layer_bytes([r["layer1"], r["layer2"], r["layer3"]], r["p"])
-    raise KeyError(f"article_hllsets has no row for article {article_id!r}, span_index {span_index}")
+    raise KeyError(
+        f"article_hllsets has no row for article {article_id!r}, span_index {span_index}"
+    )
 
 
 @dg.asset_check(
@@ -904,7 +965,18 @@ def restore_quality(
     spans = []
     for key in shards:
         table = store.read_table(
-            HLLSETS, key, columns=["article_id", "span_index", "patch_start", "patch_count", "p", "layer1", "layer2", "layer3"]
+            HLLSETS,
+            key,
+            columns=[
+                "article_id",
+                "span_index",
+                "patch_start",
+                "patch_count",
+                "p",
+                "layer1",
+                "layer2",
+                "layer3",
+            ],
         )
         table = table.filter(
             pc.and_(

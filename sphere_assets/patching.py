@@ -16,7 +16,6 @@ The maths lives in ``sphere_assets.compute`` (``entropy_model``, ``patcher``,
 Torch device and threads come from each asset's config (``device``: cpu | cuda | cuda:N | auto).
 """
 
-
 import hashlib
 import json
 import time

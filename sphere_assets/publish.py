@@ -42,9 +42,12 @@ def _table_markdown(reports: list[pg_publish.ShardReport]) -> str:
     for rep in reports:
         for t in rep.tables.values():
             rate = f"{t.rows_per_s:,.0f}" if t.published else "-"
-            note = t.note or (
-                f"NULL columns: {', '.join(t.null_columns)}" if t.null_columns else ""
-            )
+            notes = [t.note] if t.note else []
+            if t.null_columns:
+                notes.append(f"NULL (not in source): {', '.join(t.null_columns)}")
+            if t.unpublished_columns:
+                notes.append(f"source columns not in the table: {', '.join(t.unpublished_columns)}")
+            note = "; ".join(notes)
             lines.append(
                 f"| {rep.shard} | {t.table} | {t.rows} | {t.seconds:.3f} | {rate} | {note or '-'} |"
             )
@@ -63,10 +66,10 @@ def build_postgres_catalog(
         deps=upstream,
         partitions_def=shard_partitions,
         retry_policy=retry_policy,
-        group_name="catalog",
+        group_name="publish",
         kinds={"postgres"},
         owners=["team:sphere"],
-        tags={"family": "catalog"},
+        tags={"family": "publish"},
         description=(
             "Postgres schema `sphere` (tables articles, patches, embeddings, placements): each shard "
             "is replaced in one transaction (delete + binary COPY), so re-publishing is idempotent "

@@ -44,7 +44,9 @@ def add_restore_parser(sub) -> None:
     p.add_argument("--span", type=int, default=-1, help="with --article: span index (-1 = whole)")
     p.add_argument("--k", type=int, default=5, help="orderings to return")
     p.add_argument("--beam", type=int, default=16, help="beam width")
-    p.add_argument("--p", type=int, default=None, help="with --text: HLLSet precision (default: vocabulary's)")
+    p.add_argument(
+        "--p", type=int, default=None, help="with --text: HLLSet precision (default: vocabulary's)"
+    )
     p.add_argument(
         "--warehouse", default=os.environ.get("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)
     )
@@ -92,9 +94,7 @@ def patch_text(text: str, store) -> tuple[list[bytes], str]:
         model, _, _ = patching.load_model(store)
         config = patching.BltPatchesConfig()
         calibration = patching.calibrate(config, store)
-        res = pt.patch_article(
-            model, data, calibration.threshold, config.mode, config.max_length()
-        )
+        res = pt.patch_article(model, data, calibration.threshold, config.mode, config.max_length())
         starts, lengths = res.byte_start.tolist(), res.byte_len.tolist()
         patches = [data[s : s + n] for s, n in zip(starts, lengths, strict=True)]
         return patches, f"BLT patcher (entropy_model, θ={calibration.threshold:.4f}, {config.mode})"

@@ -30,7 +30,9 @@ class HllSetResource(dg.ConfigurableResource):
         if not MIN_P <= self.p <= MAX_P:
             raise ValueError(f"hll.p (SPHERE_HLL_P) must be in [{MIN_P}, {MAX_P}], got {self.p}")
         if self.span_patches < 0:
-            raise ValueError(f"hll.span_patches (SPHERE_HLL_SPAN) must be >= 0, got {self.span_patches}")
+            raise ValueError(
+                f"hll.span_patches (SPHERE_HLL_SPAN) must be >= 0, got {self.span_patches}"
+            )
         if not self.alpha > 0:
             raise ValueError(f"hll.alpha must be > 0, got {self.alpha}")
         return self

@@ -79,7 +79,9 @@ def hll_resources(resources, corpus):
         by_shard[str(shard_of(article_id, len(keys)))].append(patch_rows(article_id, patches))
     for key, tables in by_shard.items():
         with store.partition_writer("blt_patches", key) as writer:
-            writer.write_table(pa.concat_tables(tables) if tables else BLT_PATCHES_SCHEMA.empty_table())
+            writer.write_table(
+                pa.concat_tables(tables) if tables else BLT_PATCHES_SCHEMA.empty_table()
+            )
     return {**resources, "hll": HllSetResource(p=P, span_patches=SPAN)}
 
 
@@ -107,12 +109,17 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
 
     root = Path(hll_resources["warehouse"].root)
     shard = shard_partitions.get_partition_keys()[0]
-    assert sorted(p.name for p in (root / "ngram_index" / f"shard={shard}").iterdir()) == ["part-0.parquet"]
+    assert sorted(p.name for p in (root / "ngram_index" / f"shard={shard}").iterdir()) == [
+        "part-0.parquet"
+    ]
     assert sorted(p.name for p in (root / "adjacency" / f"shard={shard}").iterdir()) == [
         "csr.safetensors",
         "part-0.parquet",
     ]
-    assert sorted(p.name for p in (root / "ngram_vocabulary").iterdir()) == ["lookup.safetensors", "part-0.parquet"]
+    assert sorted(p.name for p in (root / "ngram_vocabulary").iterdir()) == [
+        "lookup.safetensors",
+        "part-0.parquet",
+    ]
     lookup, meta = read_safetensors(root / "ngram_vocabulary" / "lookup.safetensors")
     assert meta["p"] == str(P) and meta["asset"] == "ngram_vocabulary"
     assert lookup["indptr_1"].shape == (32 * 2**P + 1,)
@@ -123,7 +130,9 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
     expected = ng.index_sequences(whole.patches, whole.offsets).table
     vocab = pq.read_table(root / "ngram_vocabulary" / "part-0.parquet")
     assert assets.table_from_rows(vocab).canonical_equal(expected)
-    assert vocab.column("hash").to_pylist()[:5] == [hs.hash64(k) for k in vocab.column("key").to_pylist()[:5]]
+    assert vocab.column("hash").to_pylist()[:5] == [
+        hs.hash64(k) for k in vocab.column("key").to_pylist()[:5]
+    ]
     merged = assets.load_adjacency(Warehouse(root), "adjacency_merged", None)
     assert merged.equal(adj.build(expected))
 
@@ -149,7 +158,9 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
     for article_id, spans, patches, shard_key in rows:
         assert patches == len(corpus[article_id])
         assert spans == -(-patches // SPAN)
-        assert str(shard_key) == str(shard_of(article_id, len(shard_partitions.get_partition_keys())))
+        assert str(shard_key) == str(
+            shard_of(article_id, len(shard_partitions.get_partition_keys()))
+        )
     nodes = con.sql(
         f"select count(*), sum(count) from read_parquet('{root}/adjacency_merged/*.parquet')"
     ).fetchall()
@@ -163,10 +174,17 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
     assert h == ng.hllset_of_patches(corpus[article_id][:SPAN], P)
     out = rs.restore(h, index)
     assert out.ok and out.candidates[0].patches == corpus[article_id][:SPAN]
-    assert restore_cli_main(["restore", "--article", article_id, "--span", "0", "--warehouse", str(root)]) == 0
+    assert (
+        restore_cli_main(
+            ["restore", "--article", article_id, "--span", "0", "--warehouse", str(root)]
+        )
+        == 0
+    )
     raw = root.parent / "set.bin"
     raw.write_bytes(b"".join(h.layer_bytes()))
-    assert restore_cli_main(["restore", "--file", str(raw), "--warehouse", str(root), "--json"]) == 0
+    assert (
+        restore_cli_main(["restore", "--file", str(raw), "--warehouse", str(root), "--json"]) == 0
+    )
     assert restore_cli.hllset_from_file(str(raw)) == h
 
 
@@ -210,7 +228,9 @@ def test_global_merge_covers_the_shards_on_disk(hll_resources):
     keys = shard_partitions.get_partition_keys()
     res = dg.materialize([assets.ngram_vocabulary], resources=hll_resources, raise_on_error=False)
     assert not res.success  # nothing to merge yet
-    assert dg.materialize([assets.ngram_index], partition_key=keys[0], resources=hll_resources).success
+    assert dg.materialize(
+        [assets.ngram_index], partition_key=keys[0], resources=hll_resources
+    ).success
     res = dg.materialize([assets.ngram_vocabulary], resources=hll_resources)
     (mat,) = res.asset_materializations_for_node("ngram_vocabulary")
     assert mat.metadata["shards"].value == keys[0]

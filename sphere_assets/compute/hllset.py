@@ -88,29 +88,43 @@ def check_p(p: int) -> int:
     return int(p)
 
 
+def _rotl_(x: np.ndarray, r: int, tmp: np.ndarray) -> np.ndarray:
+    """In-place rotate-left of uint64 ``x`` by ``r`` bits (``tmp``: scratch of the same size)."""
+    np.right_shift(x, _U64(64 - r), out=tmp)
+    np.left_shift(x, _U64(r), out=x)
+    x |= tmp
+    return x
+
+
 def _rotl(x: np.ndarray, r: int) -> np.ndarray:
     return (x << _U64(r)) | (x >> _U64(64 - r))
 
 
-def _fmix64(k: np.ndarray) -> np.ndarray:
-    k ^= k >> _U64(33)
-    k *= _FMIX1
-    k ^= k >> _U64(33)
-    k *= _FMIX2
-    k ^= k >> _U64(33)
+def _fmix64_(k: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """In-place MurmurHash3 fmix64."""
+    for mult in (_FMIX1, _FMIX2):
+        np.right_shift(k, _U64(33), out=tmp)
+        k ^= tmp
+        k *= mult
+    np.right_shift(k, _U64(33), out=tmp)
+    k ^= tmp
     return k
 
 
-def _mix_k1(k1: np.ndarray) -> np.ndarray:
+def _fmix64(k: np.ndarray) -> np.ndarray:
+    return _fmix64_(k, np.empty_like(k))
+
+
+def _mix_k1_(k1: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     k1 *= _C1
-    k1 = _rotl(k1, 31)
+    _rotl_(k1, 31, tmp)
     k1 *= _C2
     return k1
 
 
-def _mix_k2(k2: np.ndarray) -> np.ndarray:
+def _mix_k2_(k2: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     k2 *= _C2
-    k2 = _rotl(k2, 33)
+    _rotl_(k2, 33, tmp)
     k2 *= _C1
     return k2
 
@@ -121,47 +135,70 @@ def _word_view(padded: np.ndarray) -> np.ndarray:
 
 
 def _hash_range(words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """MurmurHash3_x64_128 low word for keys at byte ``starts`` with ``lengths`` (vectorised)."""
+    """MurmurHash3_x64_128 low word for keys at byte ``starts`` with ``lengths`` (vectorised).
+
+    Keys are processed in order of decreasing block count, so the keys that still have a
+    16-byte block ``b`` are a prefix and every step works on contiguous slices; all arithmetic
+    is in place (uint64 wraps modulo 2^64 as the C code does).
+    """
     n = starts.size
+    n_blocks = lengths >> 4
+    most = int(n_blocks.max()) if n else 0
+    order = None
+    if most > 0:
+        # descending block count; a 16-bit key makes numpy's stable argsort a radix sort
+        key = (most - n_blocks).astype(np.uint16 if most < 65536 else np.int64)
+        order = np.argsort(key, kind="stable")
+        starts, lengths, n_blocks = starts[order], lengths[order], n_blocks[order]
+    # keys with more than b blocks: a prefix of length active[b]
+    ascending = n_blocks[::-1]
+    active = n - np.searchsorted(ascending, np.arange(most), side="right")
     h1 = np.zeros(n, dtype=np.uint64)
     h2 = np.zeros(n, dtype=np.uint64)
-    n_blocks = lengths >> 4
-    active = np.flatnonzero(n_blocks)
-    block = 0
-    while active.size:
-        at = starts[active] + 16 * block
-        k1 = _mix_k1(words[at])
-        k2 = _mix_k2(words[at + 8])
-        a1 = h1[active]
-        a2 = h2[active]
-        a1 ^= k1
-        a1 = _rotl(a1, 27)
+    tmp = np.empty(n, dtype=np.uint64)
+    k1 = np.empty(n, dtype=np.uint64)
+    k2 = np.empty(n, dtype=np.uint64)
+    for block in range(most):
+        m = int(active[block])
+        a1, a2, t, x1, x2 = h1[:m], h2[:m], tmp[:m], k1[:m], k2[:m]
+        at = starts[:m] + 16 * block
+        x1[:] = words[at]
+        at += 8
+        x2[:] = words[at]
+        a1 ^= _mix_k1_(x1, t)
+        _rotl_(a1, 27, t)
         a1 += a2
-        a1 = a1 * _U64(5) + _U64(0x52DCE729)
-        a2 ^= k2
-        a2 = _rotl(a2, 31)
+        a1 *= _U64(5)
+        a1 += _U64(0x52DCE729)
+        a2 ^= _mix_k2_(x2, t)
+        _rotl_(a2, 31, t)
         a2 += a1
-        a2 = a2 * _U64(5) + _U64(0x38495AB5)
-        h1[active] = a1
-        h2[active] = a2
-        block += 1
-        active = active[n_blocks[active] > block]
+        a2 *= _U64(5)
+        a2 += _U64(0x38495AB5)
     # Tail: up to 15 bytes read as two zero-masked words.  Mixing a zero word is the identity,
     # so keys whose tail is shorter than 9 (or empty) need no branch.
     tail = lengths & 15
     at = starts + (n_blocks << 4)
-    k1 = words[at] & _BYTE_MASKS[np.minimum(tail, 8)]
-    k2 = words[at + 8] & _BYTE_MASKS[np.clip(tail - 8, 0, 8)]
-    h2 ^= _mix_k2(k2)
-    h1 ^= _mix_k1(k1)
+    k1[:] = words[at]
+    k1 &= np.take(_BYTE_MASKS, np.minimum(tail, 8))
+    at += 8
+    k2[:] = words[at]
+    tail -= 8
+    k2 &= np.take(_BYTE_MASKS, np.clip(tail, 0, 8, out=tail))
+    h2 ^= _mix_k2_(k2, tmp)
+    h1 ^= _mix_k1_(k1, tmp)
     length = lengths.astype(np.uint64)
     h1 ^= length
     h2 ^= length
     h1 += h2
     h2 += h1
-    h1 = _fmix64(h1)
-    h2 = _fmix64(h2)
+    _fmix64_(h1, tmp)
+    _fmix64_(h2, tmp)
     h1 += h2
+    if order is not None:
+        out = np.empty_like(h1)
+        out[order] = h1
+        return out
     return h1
 
 

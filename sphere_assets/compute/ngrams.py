@@ -21,16 +21,19 @@ Token ids
     this *canonical order* depends only on the bytes (START < END < patches by bytes), so tables
     built per shard and merged equal the table built over everything at once.
 
-Counting is deduplicate-then-hash: patches are dictionary-encoded (Arrow hash kernel), 2-grams
-and 3-grams become integer codes ``left * T + right`` that are deduplicated the same way, and
-only the distinct n-grams are turned into key bytes (Arrow ``take`` + ``binary_join``) and
-hashed (:func:`sphere_assets.compute.hllset.hash64_keys`).  Nothing loops over occurrences in
-Python.
+Counting is deduplicate-then-hash: patches are dictionary-encoded (Arrow hash kernel), 2- and
+3-grams become integer codes ``a*T + b`` / ``(a*T + b)*T + c`` (``T`` token ids) deduplicated
+the same way, and only the distinct n-grams are turned into key bytes (one Arrow ``take`` of the
+interleaved pieces ``a, 0x00, b[, 0x00, c]``) and hashed by the vectorised MurmurHash3
+(:func:`sphere_assets.compute.hllset.hash64_buffer`).  Nothing loops over occurrences in Python.
+``canonical=False`` skips the two sorts (patch bytes, distinct codes) and keeps first-occurrence
+order — deterministic for a given input order, used where only the content matters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -48,6 +51,10 @@ START_ID = 0
 END_ID = 1
 FIRST_PATCH_ID = 2
 ORDERS = (1, 2, 3)
+# below this many occurrences a helper thread costs more than it saves
+_PARALLEL_MIN = 100_000
+# with fewer token ids, a 3-gram code (a*T + b)*T + c fits in 63 bits
+_NARROW_TOKENS = 2_097_152
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +186,9 @@ def key_buffers(escaped_sep: pa.Array, grams: np.ndarray) -> tuple[np.ndarray, n
 def join_keys(escaped: pa.Array, grams: np.ndarray) -> pa.Array:
     """2-/3-gram keys for rows of token ids as a binary Arrow array."""
     data, offsets = key_buffers(with_separator(escaped), grams)
-    off_type, off_dtype = (pa.binary(), np.int32) if data.size < 2**31 else (pa.large_binary(), np.int64)
+    off_type, off_dtype = (
+        (pa.binary(), np.int32) if data.size < 2**31 else (pa.large_binary(), np.int64)
+    )
     return pa.Array.from_buffers(
         off_type,
         grams.shape[0],
@@ -209,7 +218,6 @@ class Occurrences:
 
     grams: tuple[np.ndarray, np.ndarray, np.ndarray]  # (k_n, n) int32 per order
     sequence: tuple[np.ndarray, np.ndarray, np.ndarray]  # (k_n,) int64 sequence index
-    prefix: np.ndarray  # (k_3,) index of the 2-gram occurrence that starts each 3-gram
 
     @property
     def total(self) -> int:
@@ -245,9 +253,7 @@ def occurrences(token_ids: np.ndarray, offsets: np.ndarray) -> Occurrences:
     s1 = np.repeat(seq_ids, lengths)
     s2 = np.repeat(seq_ids, lengths + 1)
     s3 = np.repeat(seq_ids, lengths)
-    # sequence s has L+1 2-gram and L 3-gram windows; 3-gram k starts at 2-gram k of s
-    prefix = np.arange(g3.shape[0], dtype=np.int64) + np.repeat(np.arange(n_seq), lengths)
-    return Occurrences((g1, g2, g3), (s1, s2, s3), prefix)
+    return Occurrences((g1, g2, g3), (s1, s2, s3))
 
 
 def _gram_codes(rows: np.ndarray, n_tokens: int) -> np.ndarray:
@@ -285,23 +291,52 @@ def _sorted_unique_counts(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class DistinctGrams:
-    """Distinct n-grams of one order (lexicographic rows of token ids) with their counts."""
+    """Distinct n-grams of one order (rows of token ids) with their occurrence counts."""
 
     grams: np.ndarray  # (V, n) int32
     counts: np.ndarray  # (V,) int64
-    codes: np.ndarray  # (V,) int64, ascending: _gram_codes(grams)
+    codes: np.ndarray  # (V,) int64 _gram_codes(grams); ascending when the rows are canonical
+    occurrence_rows: np.ndarray | None = None  # row of every occurrence, when already known
 
     def inverse(self, occurrence_grams: np.ndarray, n_tokens: int) -> np.ndarray:
-        """Row of every occurrence (binary search of its code)."""
+        """Row of every occurrence (binary search of its code in the sorted codes)."""
+        if self.occurrence_rows is not None:
+            return self.occurrence_rows.astype(np.int64)
         return np.searchsorted(self.codes, _gram_codes(occurrence_grams, n_tokens)).astype(np.int64)
 
 
-def distinct_grams(occ: Occurrences, n_tokens: int) -> tuple[DistinctGrams, ...]:
-    """Deduplicate the occurrences of every order by sorting integer codes.
+def _distinct_rows(rows: np.ndarray, n_tokens: int, canonical: bool) -> DistinctGrams:
+    """Deduplicate occurrence rows with Arrow's hash kernel on their integer codes.
 
-    Codes are ``a*T + b`` and ``(a*T + b)*T + c`` with ``T`` = number of token ids, so the
-    sorted distinct codes are the rows in lexicographic order.  When ``T^3`` does not fit in
-    64 bits, 3-grams are coded as ``rank(a, b) * T + c`` instead (same order).
+    The dictionary lists the distinct codes in first-occurrence order, so the first occurrence
+    of id ``u`` is where the running maximum of the ids first reaches ``u``; canonical=True
+    then sorts only the distinct codes (ascending code = lexicographic rows).
+    """
+    n = rows.shape[1]
+    codes = _gram_codes(rows, n_tokens)
+    if codes.size == 0:
+        return DistinctGrams(np.zeros((0, n), np.int32), np.zeros(0, np.int64), codes)
+    encoded = pc.dictionary_encode(pa.array(codes))
+    ids = encoded.indices.to_numpy(zero_copy_only=False)
+    distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
+    counts = np.bincount(ids, minlength=distinct.size).astype(np.int64)
+    running = np.maximum.accumulate(ids)
+    first = np.flatnonzero(np.concatenate([[True], running[1:] != running[:-1]]))
+    grams = rows[first].astype(np.int32)
+    if not canonical:
+        return DistinctGrams(grams, counts, distinct, ids)
+    order = np.argsort(distinct)
+    return DistinctGrams(grams[order], counts[order], distinct[order])
+
+
+def distinct_grams(
+    occ: Occurrences, n_tokens: int, *, canonical: bool = True
+) -> tuple[DistinctGrams, ...]:
+    """Deduplicate the occurrences of every order.
+
+    Codes are ``a*T + b`` and ``(a*T + b)*T + c`` with ``T`` = number of token ids (so sorted
+    codes are lexicographic rows).  When ``T^3`` does not fit in 63 bits, 3-grams are coded as
+    ``rank(a, b) * T + c`` and deduplicated by sorting (same order).
     """
     if n_tokens >= 2**31:
         raise ValueError(f"too many distinct patches ({n_tokens}) for int32 token ids")
@@ -312,24 +347,29 @@ def distinct_grams(occ: Occurrences, n_tokens: int) -> tuple[DistinctGrams, ...]
     d1 = DistinctGrams(
         present.astype(np.int32).reshape(-1, 1), counts1[present], present.astype(np.int64)
     )
-    # order 2
-    codes2, counts2 = _sorted_unique_counts(_gram_codes(occ.grams[1], n_tokens))
-    d2 = DistinctGrams(_decode(codes2, 2, n_tokens), counts2, codes2)
-    # order 3
     g3 = occ.grams[2]
-    if n_tokens < 2_097_152:  # T^3 < 2^63
-        codes3, counts3 = _sorted_unique_counts(_gram_codes(g3, n_tokens))
-        d3 = DistinctGrams(_decode(codes3, 3, n_tokens), counts3, codes3)
+    narrow = n_tokens < _NARROW_TOKENS  # T^3 < 2^63: orders 2 and 3 are independent
+    # the hash kernel and numpy release the GIL: on big inputs do the 3-grams on a second core
+    pool = ThreadPoolExecutor(max_workers=1) if narrow and g3.shape[0] >= _PARALLEL_MIN else None
+    future = pool.submit(_distinct_rows, g3, n_tokens, canonical) if pool is not None else None
+    d2 = _distinct_rows(occ.grams[1], n_tokens, canonical)
+    if future is not None:
+        d3 = future.result()
+        pool.shutdown()
+    elif narrow:
+        d3 = _distinct_rows(g3, n_tokens, canonical)
     else:
+        codes2 = d2.codes if canonical else np.sort(d2.codes)
         if codes2.size * n_tokens >= 2**63:
             raise ValueError("3-gram code space exceeds 63 bits; shard the input further")
+        grams2 = _decode(codes2, 2, n_tokens)
         prefix = np.searchsorted(codes2, _gram_codes(g3[:, :2], n_tokens)).astype(np.int64)
         wide, counts3 = _sorted_unique_counts(prefix * n_tokens + g3[:, 2])
         rows3 = np.concatenate(
-            [d2.grams[wide // n_tokens], (wide % n_tokens).astype(np.int32).reshape(-1, 1)],
+            [grams2[wide // n_tokens], (wide % n_tokens).astype(np.int32).reshape(-1, 1)],
             axis=1,
         )
-        d3 = _WideDistinct(rows3, counts3, wide, codes2)
+        d3 = _WideDistinct(rows3, counts3, wide, None, codes2)
     return d1, d2, d3
 
 
@@ -384,16 +424,24 @@ class NgramTable:
     def escaped_sep(self) -> pa.Array:
         return with_separator(self.escaped)
 
-    def hash_rows(self, n: int) -> np.ndarray:
+    def hash_rows(self, n: int, threads: int | None = None) -> np.ndarray:
         """64-bit hashes of the keys of order ``n`` (no Arrow key array is materialised)."""
+        threads = self._hash_threads if threads is None else threads
         if n == 1:
-            return hs.hash64_keys(self.keys(1), threads=self._hash_threads)
+            return hs.hash64_keys(self.keys(1), threads=threads)
         data, offsets = key_buffers(self.escaped_sep, self.grams[n - 1])
-        return hs.hash64_buffer(data, offsets, threads=self._hash_threads)
+        return hs.hash64_buffer(data, offsets, threads=threads)
 
     @cached_property
     def hashes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(self.hash_rows(n) for n in ORDERS)
+        """Hashes per order; on big tables the 3-gram keys are built and hashed on a second
+        core while the 1- and 2-grams are done here (Arrow and numpy release the GIL)."""
+        if self._hash_threads == 1 or self.size(3) < _PARALLEL_MIN:
+            return tuple(self.hash_rows(n) for n in ORDERS)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            third = pool.submit(self.hash_rows, 3, 1)
+            first, second = self.hash_rows(1, 1), self.hash_rows(2, 1)
+            return first, second, third.result()
 
     def canonical_equal(self, other: NgramTable) -> bool:
         """Same distinct n-grams (by bytes) with the same counts."""
@@ -436,7 +484,7 @@ def index_sequences(
     offsets = check_offsets(offsets, len(patches))
     token_ids, tokens = tokenize(patches, canonical=canonical)
     occ = occurrences(token_ids, offsets)
-    distinct = distinct_grams(occ, len(tokens))
+    distinct = distinct_grams(occ, len(tokens), canonical=canonical)
     table = NgramTable(
         tokens,
         tuple(d.grams for d in distinct),
@@ -488,7 +536,6 @@ def merge_tables(tables: Sequence[NgramTable]) -> NgramTable:
     merged_tokens = pa.concat_arrays(
         [pa.array([START, END], type=pa.binary()), pc.unique(all_tokens).sort()]
     )
-    n_tokens = len(merged_tokens)
     grams_out, counts_out = [], []
     for n in ORDERS:
         rows, counts = [], []
@@ -535,9 +582,7 @@ def empty_table() -> NgramTable:
     )
 
 
-def table_from_keys(
-    orders: np.ndarray, keys: pa.Array, counts: np.ndarray
-) -> NgramTable:
+def table_from_keys(orders: np.ndarray, keys: pa.Array, counts: np.ndarray) -> NgramTable:
     """Rebuild a table from stored rows (n, key, count) — e.g. ngram_index Parquet.
 
     Keys are split on 0x00 and unescaped; rows with the same (n, key) are summed.
@@ -568,7 +613,9 @@ def table_from_keys(
         if i == 0:
             raw_parts.append(arr)
             continue
-        sentinel = pc.or_(pc.equal(arr, pa.scalar(START, pa.binary())), pc.equal(arr, pa.scalar(END, pa.binary())))
+        sentinel = pc.or_(
+            pc.equal(arr, pa.scalar(START, pa.binary())), pc.equal(arr, pa.scalar(END, pa.binary()))
+        )
         raw_parts.append(_unescape_array(arr.filter(pc.invert(sentinel))))
     patches = pc.unique(pa.concat_arrays(raw_parts)) if raw_parts else pa.array([], pa.binary())
     tokens = pa.concat_arrays([pa.array([START, END], type=pa.binary()), patches.sort()])

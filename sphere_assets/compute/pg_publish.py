@@ -51,7 +51,7 @@ from psycopg import sql
 
 import sphere_resources
 from sphere_assets.compute.pg_copy import COPY_HEADER, COPY_TRAILER, encode_rows
-from sphere_assets.contracts import CONTRACTS, PARQUET_PART_NAME
+from sphere_assets.contracts import CONTRACTS, PARQUET_PART_NAME, validate_schema
 
 SCHEMA = "sphere"
 MIGRATIONS_DIR = Path(sphere_resources.__file__).resolve().parent / "migrations"
@@ -308,6 +308,7 @@ def _batches(
     asset = spec.asset
     path = source_path(warehouse.root, asset, shard)
     pf = pq.ParquetFile(path)
+    validate_schema(CONTRACTS[asset], shard, pf.schema_arrow)  # ContractError names the field
     source_names = pf.schema_arrow.names
     embeddings = None
     if any(c.name == EMBEDDING_COLUMN for c in columns):

@@ -109,7 +109,9 @@ class RestoreIndex:
 
     def __repr__(self) -> str:
         sizes = "/".join(str(self.table.size(n)) for n in ng.ORDERS)
-        return f"RestoreIndex(P={self.p}, tokens={self.n_tokens}, n-grams={sizes}, alpha={self.alpha})"
+        return (
+            f"RestoreIndex(P={self.p}, tokens={self.n_tokens}, n-grams={sizes}, alpha={self.alpha})"
+        )
 
     @classmethod
     def build(
@@ -163,10 +165,17 @@ def _token_map(source: pa.Array, target: pa.Array) -> np.ndarray:
     """Target token id of every source token id (sentinels fixed, -1 when absent)."""
     if source.equals(target):
         return np.arange(len(source), dtype=np.int64)
-    idx = pc.fill_null(
-        pc.index_in(source.slice(ng.FIRST_PATCH_ID), value_set=target.slice(ng.FIRST_PATCH_ID)), -1
-    ).to_numpy(zero_copy_only=False).astype(np.int64)
-    return np.concatenate([[ng.START_ID, ng.END_ID], np.where(idx >= 0, idx + ng.FIRST_PATCH_ID, -1)])
+    idx = (
+        pc.fill_null(
+            pc.index_in(source.slice(ng.FIRST_PATCH_ID), value_set=target.slice(ng.FIRST_PATCH_ID)),
+            -1,
+        )
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+    )
+    return np.concatenate(
+        [[ng.START_ID, ng.END_ID], np.where(idx >= 0, idx + ng.FIRST_PATCH_ID, -1)]
+    )
 
 
 def _rows_of_codes(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -318,9 +327,7 @@ class Validation:
     def coverage(self) -> float:
         """Fraction of the HLLSet's set bits that some validated n-gram explains."""
         total = sum(b.size for b in self.set_bits)
-        hit = sum(
-            int(np.isin(self.set_bits[i], self.cover_bits[i]).sum()) for i in range(3)
-        )
+        hit = sum(int(np.isin(self.set_bits[i], self.cover_bits[i]).sum()) for i in range(3))
         return hit / total if total else 0.0
 
 
@@ -491,7 +498,9 @@ def beam_search(
     return results, depth
 
 
-def _patches_of_path(edges: np.ndarray, path: Sequence[int], token_bytes: list[bytes]) -> list[bytes]:
+def _patches_of_path(
+    edges: np.ndarray, path: Sequence[int], token_bytes: list[bytes]
+) -> list[bytes]:
     ids = [int(edges[path[0], 1])] + [int(edges[e, 2]) for e in path]
     return [token_bytes[i] for i in ids if i >= ng.FIRST_PATCH_ID]
 

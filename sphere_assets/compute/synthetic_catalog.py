@@ -10,6 +10,10 @@ at most 8 bytes), with
 * ``text`` = the patch decoded as UTF-8 with U+FFFD for a character split across patches;
 * entropies a deterministic function of the patch bytes (``mean = len/8``, ``max = mean + 1``,
   ``first = first byte / 64``) — values, not a model.
+
+and ``patch_embeddings`` rows (one per patch, same order) with a seeded random D-vector per
+patch, prominence = its L2 norm, in the layout of the real asset (Parquet keys + prominence,
+``embeddings.safetensors`` with embeddings/prominence/article_index/patch_index).
 """
 
 from __future__ import annotations
@@ -97,3 +101,65 @@ def write_synthetic_embeddings(store, shard: str, dim: int = 16, seed: int = 0) 
             {"format": "synthetic"},
         )
     return len(ids)
+
+
+# The Parquet columns issue 6 specifies for shell_placements; used only while that asset's
+# contract is not registered yet (tests register it provisionally).
+PROVISIONAL_PLACEMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("article_id", pa.string(), nullable=False),
+        pa.field("patch_index", pa.int32(), nullable=False),
+        pa.field("shell", pa.int32(), nullable=False),
+        pa.field("r", pa.float32(), nullable=False),
+        pa.field("theta", pa.float32(), nullable=False),
+        pa.field("phi", pa.float32(), nullable=False),
+        pa.field("x", pa.float32(), nullable=False),
+        pa.field("y", pa.float32(), nullable=False),
+        pa.field("z", pa.float32(), nullable=False),
+        pa.field("prominence", pa.float32(), nullable=False),
+        pa.field("promotions", pa.int32(), nullable=False),
+        pa.field("lateral_moves", pa.int32(), nullable=False),
+    ]
+)
+
+
+def write_synthetic_placements(store, shard: str, n_shells: int = 16, seed: int = 0) -> int:
+    """shell_placements for ``shard`` (one row per stored blt_patches row) in whatever schema the
+    registered contract has: keys from blt_patches, ``shell`` uniform in [0, n_shells), ``r`` the
+    shell's sqrt-spaced radius, uniform angles with x, y, z = r·(sinθcosφ, sinθsinφ, cosθ);
+    any other column is zeros of its type."""
+    from sphere_assets.contracts import contract_for
+
+    schema = contract_for("shell_placements").schema
+    keys = store.read_table("blt_patches", shard, columns=["article_id", "patch_index"])
+    n = keys.num_rows
+    rng = np.random.default_rng([seed, int(shard), 6])
+    shell = rng.integers(0, n_shells, size=n)
+    r = np.sqrt((shell + 1) / n_shells)
+    theta = np.arccos(rng.uniform(-1.0, 1.0, size=n))
+    phi = rng.uniform(0.0, 2 * np.pi, size=n)
+    values = {
+        "article_id": keys.column("article_id"),
+        "patch_index": keys.column("patch_index"),
+        "shell": shell,
+        "r": r,
+        "theta": theta,
+        "phi": phi,
+        "x": r * np.sin(theta) * np.cos(phi),
+        "y": r * np.sin(theta) * np.sin(phi),
+        "z": r * np.cos(theta),
+        "prominence": rng.gamma(2.0, 1.0, size=n),
+        "promotions": rng.integers(0, 3, size=n),
+        "lateral_moves": rng.integers(0, 2, size=n),
+    }
+    columns = []
+    for f in schema:
+        if f.name in values:
+            columns.append(pa.array(values[f.name]).cast(f.type))
+        elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            columns.append(pa.array([""] * n, f.type))
+        else:
+            columns.append(pa.array(np.zeros(n)).cast(f.type))
+    with store.partition_writer("shell_placements", shard) as writer:
+        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+    return n

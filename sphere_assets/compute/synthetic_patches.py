@@ -38,7 +38,9 @@ class PatchedCorpus:
     source: str
 
     def article_patches(self, i: int) -> list[bytes]:
-        return self.patches.slice(self.offsets[i], self.offsets[i + 1] - self.offsets[i]).to_pylist()
+        return self.patches.slice(
+            self.offsets[i], self.offsets[i + 1] - self.offsets[i]
+        ).to_pylist()
 
     @property
     def n_patches(self) -> int:

@@ -33,10 +33,11 @@ every step is a simultaneous update)::
 (``grad_S rho = d_theta rho e_theta + (1/sin theta) d_phi rho e_phi``: the two derivatives
 are central differences on the grid (one-sided at the first/last ring), interpolated
 bilinearly together with rho; the second kNN sum is the reaction on neighbours, so the drift is
-the exact gradient of the attraction term.) The run: ``n_steps`` steps at temperature T, the
-energy recorded every ``record_every`` steps, then ``n_quench`` steps at T = 0 (annealing) so
-radii settle in their wells. Start: ``n_i`` = the water-filled direction, ``r_i`` = the
-unfilled level ``r_min + (r_max - r_min) Phi(score)`` (information score as in
+the exact gradient of the attraction term.) The run: ``n_steps`` steps at temperature T,
+then ``n_quench`` steps at T = 0 (annealing, so radii settle in their wells), in one thrml
+sampling run (the sampler state counts steps); the energy is recorded at step 0 and every
+``record_every`` steps. Start: ``n_i`` = the water-filled direction, ``r_i`` = the unfilled
+level ``r_min + (r_max - r_min) Phi(score)`` (robust-normalised information score, as in
 ``waterfill``), so the radial term starts high and the energy trace falls.
 
 Reported shell = nearest shell radius of the final ``r_i``; the balance metrics are the same as
@@ -52,14 +53,17 @@ lists are merged (duplicates removed) into the final top-k. ``N <= 3 block``: ex
 What is thrml here
 ------------------
 thrml provides the graph and the sampling machinery: :class:`ParticleNode` (an
-``AbstractNode`` with continuous float32[3] state), ``Block`` / ``BlockGibbsSpec``, the
-three factors (``EBMFactor`` subclasses: their ``energy`` gives the energy trace through a
-``FactorizedEBM``; their ``to_interaction_groups`` give the sparse interaction lists), a
-``FactorSamplingProgram`` and ``sample_with_observation`` (the scan, key splitting, neighbour
-state gathering) with an ``AbstractObserver`` that records the energy. thrml ships only
-discrete samplers (Bernoulli/softmax); the continuous Langevin update is our
-``AbstractConditionalSampler`` subclass (:class:`LangevinSampler`), and the kNN search and the
-SH density field are ours (plain JAX/numpy).
+``AbstractNode`` with continuous float32[3] state), one ``Block`` holding every node in a
+``BlockGibbsSpec``, the three energy terms as ``EBMFactor`` subclasses (their ``energy`` gives
+the energy trace), one ``InteractionGroup`` (head = tail = every node) whose interaction PyTree
+carries the per-point parameters and the sparse kNN index lists, a ``FactorSamplingProgram``,
+and ``sample_with_observation`` (the scans, key splitting, state gathering, sampler state)
+with an ``AbstractObserver`` that records the energy terms. The kNN lists travel as an [N, k]
+index array rather than as N*k head/tail node pairs because thrml compiles interaction groups
+with per-edge Python work (~20 s for 1M edges on 2 cores). thrml ships only discrete samplers
+(Bernoulli/softmax); the continuous Langevin update is our ``AbstractConditionalSampler``
+subclass (:class:`LangevinSampler`); the kNN search and the SH density field are plain
+JAX/numpy.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import equinox as eqx
 import jax
@@ -96,10 +101,10 @@ class LangevinConfig:
     record_every: int = 10
     n_quench: int = 40
     step_size: float = 0.05  # eta
-    temperature: float = 1e-4  # T
+    temperature: float = 1e-3  # T
     radial_stiffness: float = 4.0  # k_r
     attraction: float = 1.0  # k_a
-    repulsion: float = 0.02  # k_rho
+    repulsion: float = 0.1  # k_rho
     knn_k: int = 10
     knn_tables: int = 4
     knn_block: int = 128
@@ -206,15 +211,20 @@ class GridSpec:
     n_phi: int
 
 
-def grid_density(plan, grid: GridSpec, unit, shell, counts, taper, area, n_shells):
+def angles(unit):
+    """(theta, phi) of unit vectors (JAX)."""
+    theta = jnp.arccos(jnp.clip(unit[..., 2], -1.0, 1.0))
+    phi = jnp.mod(jnp.arctan2(unit[..., 1], unit[..., 0]), 2 * jnp.pi)
+    return theta, phi
+
+
+def grid_density(plan, grid: GridSpec, theta, phi, shell, counts, taper, area, n_shells):
     """Relative SH-smoothed density per shell on the grid [S, n_theta, n_phi] (1 = uniform)."""
-    theta = jnp.arccos(jnp.clip(unit[:, 2], -1.0, 1.0))
-    phi = jnp.mod(jnp.arctan2(unit[:, 1], unit[:, 0]), 2 * jnp.pi)
     it, ip = sht.grid_cell(grid, theta, phi)
     cell = (it * grid.n_phi + ip).astype(jnp.int32)
     n_cells = grid.n_theta * grid.n_phi
     hist = jax.ops.segment_sum(
-        jnp.ones(unit.shape[0], jnp.float32),
+        jnp.ones(theta.shape[0], jnp.float32),
         shell * n_cells + cell,
         num_segments=n_shells * n_cells,
     ).reshape(n_shells, grid.n_theta, grid.n_phi)
@@ -223,11 +233,9 @@ def grid_density(plan, grid: GridSpec, unit, shell, counts, taper, area, n_shell
     return smooth * (4 * jnp.pi / jnp.maximum(counts, 1.0))[:, None, None]
 
 
-def _corners(grid: GridSpec, unit):
-    """Bilinear corner offsets and weights of unit vectors on the (theta, phi) grid."""
+def _corners(grid: GridSpec, theta, phi):
+    """Bilinear corner offsets and weights of (theta, phi) on the grid."""
     n_t, n_p = grid.n_theta, grid.n_phi
-    theta = jnp.arccos(jnp.clip(unit[..., 2], -1.0, 1.0))
-    phi = jnp.mod(jnp.arctan2(unit[..., 1], unit[..., 0]), 2 * jnp.pi)
     ft = theta * (n_t / jnp.pi) - 0.5  # node t sits at (t + 1/2) pi / n_theta
     t0 = jnp.clip(jnp.floor(ft), 0, n_t - 2).astype(jnp.int32)
     a = jnp.clip(ft - t0, 0.0, 1.0)
@@ -241,11 +249,11 @@ def _corners(grid: GridSpec, unit):
     return offs, weights
 
 
-def interpolate(field_, grid: GridSpec, shell, unit):
-    """Bilinear interpolation of per-shell grid fields [S, T, P, ...] at unit vectors."""
+def interpolate(field_, grid: GridSpec, shell, theta, phi):
+    """Bilinear interpolation of per-shell grid fields [S, T, P, ...] at (theta, phi)."""
     flat = field_.reshape((-1,) + field_.shape[3:])
     base = shell * (grid.n_theta * grid.n_phi)
-    offs, weights = _corners(grid, unit)
+    offs, weights = _corners(grid, theta, phi)
     out = 0.0
     for o, w in zip(offs, weights, strict=True):
         v = flat[base + o]
@@ -264,9 +272,9 @@ def with_gradient(field_, grid: GridSpec):
     return jnp.stack([field_, f_t, f_p], axis=-1)
 
 
-def density_gradient(field_, grid: GridSpec, shell, unit):
+def density_gradient(field_, grid: GridSpec, shell, unit, theta, phi):
     """Tangential gradient (Cartesian) of the interpolated field at unit vectors."""
-    vals = interpolate(with_gradient(field_, grid), grid, shell, unit)  # [N, 3]
+    vals = interpolate(with_gradient(field_, grid), grid, shell, theta, phi)  # [N, 3]
     z = jnp.clip(unit[:, 2], -1.0, 1.0)
     rho_xy = jnp.sqrt(jnp.maximum(unit[:, 0] ** 2 + unit[:, 1] ** 2, 1e-12))
     cp, sp = unit[:, 0] / rho_xy, unit[:, 1] / rho_xy
@@ -285,17 +293,31 @@ def _split(x):
 # thrml factors and interactions
 
 
-class RadialParams(eqx.Module):
-    target_r: jax.Array  # [N]
+class ParticleParams(eqx.Module):
+    """Per-point parameters of the one interaction group (head = tail = every node).
+
+    thrml hands the sampler these arrays sliced to [N, 1, ...] next to the self states.
+    """
+
+    target_r: jax.Array  # [N] water-filled radius
+    shell: jax.Array  # [N] int32 water-filled shell
+    neighbour: jax.Array  # [N, k] int32 kNN list (global node index)
+    weight: jax.Array  # [N, k] float32 w_ij = max(cos_ij, 0)
 
 
-class KnnParams(eqx.Module):
-    weight: jax.Array  # [N*k] flattened, sliced by thrml to [N, k]
-    neighbour: jax.Array  # [N*k] int32 (global index of the tail node)
+def particle_interactions(nodes: thrml.Block, target_r, shell, neighbour, weight):
+    """The sparse interaction lists as one thrml InteractionGroup.
 
-
-class DensityParams(eqx.Module):
-    shell: jax.Array  # [N] int32
+    One N-row group instead of an (N*k)-row head/tail group per kNN edge: thrml compiles
+    interaction groups with per-edge Python work, which took ~20 s for N*k = 1M edges.
+    """
+    params = ParticleParams(
+        jnp.asarray(target_r, jnp.float32),
+        jnp.asarray(shell, jnp.int32),
+        jnp.asarray(neighbour, jnp.int32),
+        jnp.asarray(weight, jnp.float32),
+    )
+    return thrml.InteractionGroup(params, nodes, [nodes])
 
 
 class DensityField(eqx.Module):
@@ -308,9 +330,17 @@ class DensityField(eqx.Module):
     grid: GridSpec = eqx.field(static=True)
     n_shells: int = eqx.field(static=True)
 
-    def build(self, unit, shell):
+    def build(self, theta, phi, shell):
         return grid_density(
-            self.plan, self.grid, unit, shell, self.counts, self.taper, self.area, self.n_shells
+            self.plan,
+            self.grid,
+            theta,
+            phi,
+            shell,
+            self.counts,
+            self.taper,
+            self.area,
+            self.n_shells,
         )
 
 
@@ -336,8 +366,7 @@ class RadialWellFactor(EBMFactor):
         return 0.5 * self.stiffness * jnp.sum((r - self.target_r) ** 2)
 
     def to_interaction_groups(self):
-        nodes = self.node_groups[0]
-        return [thrml.InteractionGroup(RadialParams(self.target_r), nodes, [nodes])]
+        return []  # parameters travel in particle_interactions
 
 
 class KnnAttractionFactor(EBMFactor):
@@ -346,29 +375,21 @@ class KnnAttractionFactor(EBMFactor):
     weight: jax.Array  # [N, k]
     neighbour: jax.Array  # [N, k]
     strength: float
-    base: thrml.Block  # the N nodes in index order (neighbour indices refer to it)
 
     def __init__(self, nodes: thrml.Block, neighbour, weight, strength: float):
-        # node_groups = (head repeated k times, tail) keeps thrml's parallel-block convention
-        n, k = np.shape(neighbour)
-        heads = thrml.Block([nodes[i] for i in range(n) for _ in range(k)])
-        tails = thrml.Block([nodes[int(j)] for j in np.asarray(neighbour).reshape(-1)])
-        super().__init__([heads, tails])
+        super().__init__([nodes])
         self.weight = jnp.asarray(weight, jnp.float32)
         self.neighbour = jnp.asarray(neighbour, jnp.int32)
         self.strength = float(strength)
-        self.base = nodes
 
     def energy(self, global_state, block_spec):
         k = self.weight.shape[1]
-        _, n = _split(_positions(global_state, block_spec, self.base))
+        _, n = _split(_positions(global_state, block_spec, self.node_groups[0]))
         d2 = jnp.sum((n[:, None, :] - n[self.neighbour]) ** 2, axis=-1)
         return 0.5 * self.strength / max(k, 1) * jnp.sum(self.weight * d2)
 
     def to_interaction_groups(self):
-        heads, tails = self.node_groups
-        params = KnnParams(self.weight.reshape(-1), self.neighbour.reshape(-1))
-        return [thrml.InteractionGroup(params, heads, [tails])]
+        return []  # the kNN lists travel in particle_interactions
 
 
 class DensityRepulsionFactor(EBMFactor):
@@ -386,12 +407,13 @@ class DensityRepulsionFactor(EBMFactor):
 
     def energy(self, global_state, block_spec):
         _, n = _split(_positions(global_state, block_spec, self.node_groups[0]))
-        rho = self.density.build(n, self.shell)
-        return 0.5 * self.strength * jnp.sum(interpolate(rho, self.density.grid, self.shell, n))
+        theta, phi = angles(n)
+        rho = self.density.build(theta, phi, self.shell)
+        values = interpolate(rho, self.density.grid, self.shell, theta, phi)
+        return 0.5 * self.strength * jnp.sum(values)
 
     def to_interaction_groups(self):
-        nodes = self.node_groups[0]
-        return [thrml.InteractionGroup(DensityParams(self.shell), nodes, [nodes])]
+        return []  # the shells travel in particle_interactions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,58 +424,56 @@ class LangevinSampler(thrml.AbstractConditionalSampler):
     """One Euler-Maruyama step for a block holding every particle (module docstring)."""
 
     density: DensityField
-    step_size: float
-    temperature: float
-    radial_stiffness: float
-    attraction: float
-    repulsion: float
+    step_size: jax.Array
+    temperature: jax.Array
+    hot_steps: jax.Array  # steps at `temperature`; later steps run at T = 0 (quench)
+    radial_stiffness: jax.Array
+    attraction: jax.Array
+    repulsion: jax.Array
     r_min: float
     r_max: float
 
     def sample(self, key, interactions, active_flags, states, sampler_state, output_sd):
-        radial = knn = dens = None
-        for inter, active, st in zip(interactions, active_flags, states, strict=True):
-            if isinstance(inter, RadialParams):
-                radial = (inter, st[0][:, 0])
-            elif isinstance(inter, KnnParams):
-                knn = (inter, active, st[0])
-            elif isinstance(inter, DensityParams):
-                dens = (inter, st[0][:, 0])
-        if radial is None:
-            raise ValueError("LangevinSampler: the radial interaction (self state) is missing")
-        params_r, x = radial
+        found = [
+            (inter, st[0][:, 0])
+            for inter, st in zip(interactions, states, strict=True)
+            if isinstance(inter, ParticleParams)
+        ]
+        if len(found) != 1:
+            raise ValueError("LangevinSampler: expected exactly one ParticleParams interaction")
+        params, x = found[0]  # x: [N, 3] positions of the block (= every node, index order)
+        target_r, shell = params.target_r[:, 0], params.shell[:, 0]
+        neighbour, weight = params.neighbour[:, 0], params.weight[:, 0]  # [N, k]
         r, n = _split(x)
         force = jnp.zeros_like(n)
-        if knn is not None:
-            params_k, active, x_nb = knn
-            _, n_nb = _split(x_nb)  # [N, k, 3]
-            w = params_k.weight * active  # [N, k]
-            k = w.shape[1]
-            diff = n[:, None, :] - n_nb  # n_i - n_j
-            coef = self.attraction / max(k, 1)
-            force = force - coef * jnp.sum(w[..., None] * diff, axis=1)
+        k = neighbour.shape[1]
+        if k:
+            diff = n[:, None, :] - n[neighbour]  # n_i - n_j, [N, k, 3]
+            pull = (self.attraction / k) * weight[..., None] * diff
+            force = force - jnp.sum(pull, axis=1)
             # reaction on the neighbours: the exact gradient of the (asymmetric) kNN energy
-            react = (coef * w[..., None] * diff).reshape(-1, 3)
             force = force + jax.ops.segment_sum(
-                react, params_k.neighbour.reshape(-1), num_segments=n.shape[0]
+                pull.reshape(-1, 3), neighbour.reshape(-1), num_segments=n.shape[0]
             )
-        if dens is not None and self.repulsion > 0:
-            shell = dens[0].shell[:, 0]  # thrml slices interaction arrays to [n, 1]
-            rho = self.density.build(n, shell)
-            grad = density_gradient(rho, self.density.grid, shell, n)
-            force = force - self.repulsion * grad
+        theta, phi = angles(n)
+        rho = self.density.build(theta, phi, shell)
+        grad = density_gradient(rho, self.density.grid, shell, n, theta, phi)
+        force = force - self.repulsion * grad
         k_n, k_r = jax.random.split(key)
-        noise = math.sqrt(2 * self.step_size * self.temperature)
+        hot = (sampler_state < self.hot_steps).astype(jnp.float32)
+        noise = hot * jnp.sqrt(2 * self.step_size * self.temperature)
         xi = jax.random.normal(k_n, n.shape, jnp.float32)
         move = self.step_size * force + noise * xi
         move = move - jnp.sum(move * n, axis=1, keepdims=True) * n  # tangent projection
         n_new = n + move
         n_new = n_new / jnp.linalg.norm(n_new, axis=1, keepdims=True)
         zeta = jax.random.normal(k_r, r.shape, jnp.float32)
-        target = params_r.target_r[:, 0]
-        r_new = r - self.step_size * self.radial_stiffness * (r - target) + noise * zeta
+        r_new = r - self.step_size * self.radial_stiffness * (r - target_r) + noise * zeta
         r_new = jnp.clip(r_new, self.r_min, self.r_max)
-        return (r_new[:, None] * n_new).astype(output_sd.dtype), sampler_state
+        return (r_new[:, None] * n_new).astype(output_sd.dtype), sampler_state + 1
+
+    def init(self):
+        return jnp.zeros((), jnp.int32)  # sampler state: steps taken so far
 
 
 class EnergyObserver(thrml.AbstractObserver):
@@ -485,6 +505,14 @@ class LangevinModel:
     build_seconds: float
 
 
+@lru_cache(maxsize=4)
+def particle_graph(n: int) -> tuple[thrml.Block, thrml.BlockGibbsSpec]:
+    """N particle nodes in one free block (cached per N: the same nodes and spec give the same
+    static jit signature, so a second run of the same size reuses the compiled program)."""
+    nodes = thrml.Block([ParticleNode() for _ in range(n)])
+    return nodes, thrml.BlockGibbsSpec([nodes], [], NODE_SHAPES)
+
+
 def build_model(
     target_r, shell, unit0, r0, knn_idx, knn_w, radii, config: LangevinConfig, basis: sht.ShBasis
 ) -> LangevinModel:
@@ -492,7 +520,7 @@ def build_model(
     t0 = time.perf_counter()
     n = len(target_r)
     n_shells = len(radii)
-    nodes = thrml.Block([ParticleNode() for _ in range(n)])
+    nodes, spec = particle_graph(n)
     counts = np.bincount(np.asarray(shell), minlength=n_shells).astype(np.float32)
     density = DensityField(
         plan=sht.sht_plan(basis, dtype=np.float32),
@@ -508,16 +536,18 @@ def build_model(
     factors.append(DensityRepulsionFactor(nodes, shell, density, config.repulsion))
     sampler = LangevinSampler(
         density=density,
-        step_size=float(config.step_size),
-        temperature=float(config.temperature),
-        radial_stiffness=float(config.radial_stiffness),
-        attraction=float(config.attraction),
-        repulsion=float(config.repulsion),
+        # scalars as arrays: traced, so changing them does not recompile
+        step_size=jnp.float32(config.step_size),
+        temperature=jnp.float32(config.temperature),
+        hot_steps=jnp.int32(config.n_steps),
+        radial_stiffness=jnp.float32(config.radial_stiffness),
+        attraction=jnp.float32(config.attraction),
+        repulsion=jnp.float32(config.repulsion),
         r_min=float(radii[0]) if n_shells == 1 else float(min(radii)),
         r_max=float(max(radii)),
     )
-    spec = thrml.BlockGibbsSpec([nodes], [], NODE_SHAPES)
-    program = thrml.FactorSamplingProgram(spec, [sampler], factors, [])
+    group = particle_interactions(nodes, target_r, shell, knn_idx, knn_w)
+    program = thrml.FactorSamplingProgram(spec, [sampler], factors, [group])
     observer = EnergyObserver(FactorizedEBM(factors, NODE_SHAPES), [nodes])
     init = (np.asarray(r0, np.float32)[:, None] * np.asarray(unit0, np.float32)).astype(np.float32)
     return LangevinModel(
@@ -547,25 +577,16 @@ def _sample(key, program, observer, init, n_warmup: int, n_samples: int, every: 
 
 
 def run_langevin(model: LangevinModel, config: LangevinConfig, key):
-    """Sample: n_steps at T (energy at step 0 and every record_every steps), then n_quench
-    steps at T = 0. Returns (energy terms [records, n_factors], final positions [N, 3])."""
-    n_records = max(1, config.n_steps // config.record_every)
-    k_run, k_quench = jax.random.split(key)
-    terms, final = _sample(
-        k_run,
-        model.program,
-        model.observer,
-        model.init_state,
-        0,
-        n_records + 1,
-        config.record_every,
+    """n_steps at temperature T then n_quench at T = 0 (rounded up to whole records), in one
+    thrml sampling run; energy at step 0 and every record_every steps.
+
+    Returns (energy terms [records, n_factors], final positions [N, 3]).
+    """
+    total = config.n_steps + config.n_quench
+    n_records = -(-total // config.record_every)
+    return _sample(
+        key, model.program, model.observer, model.init_state, 0, n_records + 1, config.record_every
     )
-    if config.n_quench:
-        cold = eqx.tree_at(lambda s: s.temperature, model.program.samplers[0], 0.0)
-        program = eqx.tree_at(lambda p: p.samplers, model.program, [cold])
-        q_terms, final = _sample(k_quench, program, model.observer, final, config.n_quench, 1, 1)
-        terms = jnp.concatenate([terms, q_terms], axis=0)
-    return terms, final
 
 
 def place_thrml(
@@ -625,6 +646,8 @@ def place_thrml(
     energy = terms.sum(axis=1)
     r = np.linalg.norm(final, axis=1)
     unit = final / np.maximum(r, 1e-12)[:, None]
+    r = np.clip(r, r_lo, r_hi)  # float32 rounding of |x| at the clipped bounds
+    final = r[:, None] * unit
     shell = wf.shell_of_radius(r, radii)
     theta, phi = wf.angles_of(unit)
     counts = np.bincount(shell, minlength=len(radii)).astype(np.int64)
@@ -634,7 +657,8 @@ def place_thrml(
     stats = {
         "method": "thrml",
         "n_points": n,
-        "passes": config.n_steps + config.n_quench,
+        "passes": config.record_every
+        * (-(-(config.n_steps + config.n_quench) // config.record_every)),
         "steps": config.n_steps,
         "quench_steps": config.n_quench,
         "promotions": lateral.stats["promotions"],

@@ -514,7 +514,6 @@ class _GridShape:
 @dataclass(frozen=True)
 class _Static:
     n_pad: int
-    n_valid: int
     n_shells: int
     exact_start: bool
     rank_bins: int
@@ -522,7 +521,6 @@ class _Static:
     z_clip: float
     n_dirs: int
     buffer: int
-    use_initial: bool
 
 
 def _bucket(n: int) -> int:
@@ -635,7 +633,8 @@ def _lateral_step(
 
 @partial(jax.jit, static_argnames=("grid", "st"))
 def _waterfill_program(
-    level, log_prom, unit, cell, valid, init_shell, targets, tol, cum_targets, key, dyn,
+    level, log_prom, unit, cell, valid, init_shell, use_initial, targets, tol, cum_targets, key,
+    dyn,
     *, grid: _GridShape, st: _Static,
 ):  # fmt: skip
     S, B = st.n_shells, st.z_bins
@@ -644,10 +643,9 @@ def _waterfill_program(
     dyn = {**dyn, "valid_f": valid_f}
     key, k_tie = jax.random.split(key)
     tie = jax.random.uniform(k_tie, (st.n_pad,), f32)
-    if st.use_initial:
-        shell0 = jnp.where(valid, init_shell, S).astype(jnp.int32)
-    else:
-        shell0 = _rank_start(level, valid, tie, cum_targets, st)
+    shell0 = jnp.where(
+        use_initial & valid, init_shell, _rank_start(level, valid, tie, cum_targets, st)
+    ).astype(jnp.int32)
     targets_f = targets.astype(f32)
 
     def occupancy(shell):
@@ -825,7 +823,6 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
     buffer = config.lateral_buffer or max(min(n_pad, 4096), n_pad // 8)
     st = _Static(
         n_pad=n_pad,
-        n_valid=n,
         n_shells=config.n_shells,
         exact_start=n <= config.exact_rank_limit,
         rank_bins=config.rank_bins,
@@ -833,7 +830,6 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
         z_clip=float(config.z_clip),
         n_dirs=config.n_dirs,
         buffer=int(min(buffer, n_pad)),
-        use_initial=initial_shell is not None,
     )
 
     def padded(a, fill, dtype):
@@ -862,6 +858,7 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
         padded(it * basis.n_phi + ip, 0, np.int32),
         padded(np.ones(n, bool), False, bool),
         padded(initial_shell if initial_shell is not None else np.zeros(n), 0, np.int32),
+        np.bool_(initial_shell is not None),
         targets.astype(np.int32),
         tol.astype(np.float32),
         np.cumsum(targets).astype(np.float32),
@@ -876,6 +873,9 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
 
     shell = np.asarray(out["shell"][:n], dtype=np.int32)
     lat = np.asarray(out["lat"][:n], np.int32)
+    start_kind = "exact_rank" if st.exact_start else "bucketed_rank"
+    if initial_shell is not None:
+        start_kind = "initial_shell"
     final_unit = prep.unit.copy()
     theta, phi = prep.theta.copy(), prep.phi.copy()
     moved = np.nonzero(lat)[0]
@@ -897,9 +897,7 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
         "demotions": int(out["dem"][:n].sum()),
         "lateral_moves": int(lat.sum()),
         "converged": bool(out["done"]),
-        "start": "initial_shell"
-        if st.use_initial
-        else ("exact_rank" if st.exact_start else "bucketed_rank"),
+        "start": start_kind,
         "start_max_abs_deviation": int(np.abs(start_counts - targets).max()),
         "excess_trace": [float(v) for v in np.asarray(out["trace"])[: min(passes, TRACE_PASSES)]],
         "band_limit": basis.L,

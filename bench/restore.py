@@ -103,12 +103,12 @@ def true_keys(span: list[bytes]) -> set:
     return {(n, k) for n in ng.ORDERS for k in ref[n]}
 
 
-def evaluate(index, spans, k, beam, rng) -> dict:
+def evaluate(index, spans, k, beam, rng, uses=1) -> dict:
     ids: dict = {}
     rows = []
     for span in spans:
         h = ng.hllset_of_patches(span, index.p)
-        result = rs.restore(h, index, k=k, beam_width=beam)
+        result = rs.restore(h, index, k=k, beam_width=beam, max_edge_uses=uses)
         cands = [c.patches for c in result.candidates]
         top = cands[0] if cands else []
         shuffled = [span[i] for i in rng.permutation(len(span))]
@@ -137,14 +137,14 @@ def evaluate(index, spans, k, beam, rng) -> dict:
     return agg
 
 
-def latency(index, spans, k, beam) -> tuple[float, float, float]:
+def latency(index, spans, k, beam, uses=1) -> tuple[float, float, float]:
     hlls = [ng.hllset_of_patches(s, index.p) for s in spans]
     for h in hlls[:3]:
-        rs.restore(h, index, k=k, beam_width=beam)  # warm-up
+        rs.restore(h, index, k=k, beam_width=beam, max_edge_uses=uses)  # warm-up
     times = []
     for h in hlls:
         t0 = time.perf_counter()
-        rs.restore(h, index, k=k, beam_width=beam)
+        rs.restore(h, index, k=k, beam_width=beam, max_edge_uses=uses)
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.percentile(times, 50)), float(np.percentile(times, 95)), float(np.max(times))
 
@@ -160,6 +160,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=rs.DEFAULT_K)
     ap.add_argument("--beam", type=int, default=rs.DEFAULT_BEAM_WIDTH)
     ap.add_argument("--seed", type=int, default=20240607)
+    ap.add_argument(
+        "--max-uses", type=int, default=1, help="max uses of one edge per path (spec: 1)"
+    )
     args = ap.parse_args()
 
     corpus = None
@@ -179,7 +182,10 @@ def main() -> None:
         f"articles; vocabulary 1/2/3-grams {table.size(1):,}/{table.size(2):,}/{table.size(3):,} "
         f"(ingested in {time.perf_counter() - t0:.2f}s)"
     )
-    print(f"# k={args.k} beam={args.beam} spans/cell={args.spans} seed={args.seed}")
+    print(
+        f"# k={args.k} beam={args.beam} max edge uses={args.max_uses} "
+        f"spans/cell={args.spans} seed={args.seed}"
+    )
     indexes = {}
     for p in ps:
         t0 = time.perf_counter()
@@ -199,7 +205,7 @@ def main() -> None:
             continue
         for p in ps:
             rng = np.random.default_rng([args.seed, length, p])
-            r = evaluate(indexes[p], spans, args.k, args.beam, rng)
+            r = evaluate(indexes[p], spans, args.k, args.beam, rng, args.max_uses)
             print(
                 f"| {length} | {p} | {r['n']} | {r['determined']:.2f} | {r['exact1']:.2f} | "
                 f"{r['exact1_det']:.2f} | {r['exactk']:.2f} | {r['ned1']:.3f} | {r['nedk']:.3f} | "
@@ -217,7 +223,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     spans = sample_spans(corpus, 64, args.latency_spans, args.seed + 1)
     for p in ps:
-        p50, p95, worst = latency(indexes[p], spans, args.k, args.beam)
+        p50, p95, worst = latency(indexes[p], spans, args.k, args.beam, args.max_uses)
         print(
             f"| full vocabulary | {p} | {len(spans)} | {p50:.2f} | {p95:.2f} | {worst:.2f} |",
             flush=True,

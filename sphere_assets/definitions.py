@@ -19,6 +19,7 @@ from sphere_assets import (
     jobs,
     ngrams,
     patching,
+    placements,
     publish,
     schedules,
     sensors,
@@ -46,6 +47,7 @@ FAMILY_ASSETS: list = [
     patching.blt_patches,
     patching.patch_embeddings,
     *ngrams.ASSETS,
+    *placements.ASSETS,
 ]
 FAMILY_CHECKS: list = [
     ingest.raw_articles_ids_unique_and_sharded,
@@ -54,6 +56,7 @@ FAMILY_CHECKS: list = [
     patching.blt_patches_reassemble,
     patching.patch_embeddings_consistent,
     *ngrams.CHECKS,
+    *placements.CHECKS,
 ]
 
 

@@ -596,12 +596,12 @@ class PatchEmbeddingsConfig(dg.Config):
 
 
 def iter_article_patches(
-    store: Warehouse, key: str
-) -> Iterator[tuple[str, bytes, np.ndarray, np.ndarray, list[str]]]:
-    """(article_id, bytes, byte_start, byte_len, texts) per article of blt_patches/shard=key."""
-    table = store.read_table(
-        PATCHES_ASSET, key, ["article_id", "byte_start", "byte_len", "patch", "text"]
-    )
+    store: Warehouse, key: str, with_text: bool = False
+) -> Iterator[tuple[str, bytes, np.ndarray, np.ndarray, list[str] | None]]:
+    """(article_id, bytes, byte_start, byte_len, texts or None) per article of
+    blt_patches/shard=key; the article's bytes are its patches concatenated."""
+    columns = ["article_id", "byte_start", "byte_len", "patch"] + (["text"] if with_text else [])
+    table = store.read_table(PATCHES_ASSET, key, columns)
     ids = table.column("article_id").to_numpy(zero_copy_only=False)
     if not ids.size:
         return
@@ -612,7 +612,8 @@ def iter_article_patches(
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         part = table.slice(s, e - s)
         data = b"".join(part.column("patch").to_pylist())
-        yield str(ids[s]), data, starts[s:e], lens[s:e], part.column("text").to_pylist()
+        texts = part.column("text").to_pylist() if with_text else None
+        yield str(ids[s]), data, starts[s:e], lens[s:e], texts
 
 
 @dg.asset(
@@ -687,7 +688,9 @@ def embed_shard(store: Warehouse, key: str, model, model_sha: str, config, minil
     chunk = config.chunk_size or None
     embeddings, prominence, article_index, patch_index = [], [], [], []
     patch_entropy, byte_entropy, lengths, raw_bytes, ids = [], [], [], [], []
-    for a, (article_id, data, starts, lens, texts) in enumerate(iter_article_patches(store, key)):
+    for a, (article_id, data, starts, lens, texts) in enumerate(
+        iter_article_patches(store, key, with_text=minilm is not None)
+    ):
         vec = pe.pool_patch_embeddings(model, data, starts, lens, chunk)
         if minilm is not None:
             embeddings.append(minilm.encode(texts))

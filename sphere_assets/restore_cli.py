@@ -8,7 +8,8 @@
                                                entropy_model in the warehouse); without a model
                                                the synthetic content patcher is used and the
                                                output says so
-Options: --k 5 --beam 16 --warehouse DIR (default $SPHERE_WAREHOUSE or data/warehouse) --json
+Options: --k 5 --beam 16 --max-uses 1 --warehouse DIR (default $SPHERE_WAREHOUSE or
+data/warehouse) --json
 
 The vocabulary (ngram_vocabulary) and, when present, the weights (adjacency_merged) are loaded
 from the warehouse; the report gives |candidates|, |cover|, |validated edges|, coverage and
@@ -44,6 +45,12 @@ def add_restore_parser(sub) -> None:
     p.add_argument("--span", type=int, default=-1, help="with --article: span index (-1 = whole)")
     p.add_argument("--k", type=int, default=5, help="orderings to return")
     p.add_argument("--beam", type=int, default=16, help="beam width")
+    p.add_argument(
+        "--max-uses",
+        type=int,
+        default=1,
+        help="times one 3-gram edge may be used per ordering (1 = trails; 2 recovers repeats)",
+    )
     p.add_argument(
         "--p", type=int, default=None, help="with --text: HLLSet precision (default: vocabulary's)"
     )
@@ -132,7 +139,9 @@ def run_restore(args) -> int:
         print(f"sphere restore: {exc}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - t0
-    result = rs.restore(hll, index, k=args.k, beam_width=args.beam, verify=True)
+    result = rs.restore(
+        hll, index, k=args.k, beam_width=args.beam, verify=True, max_edge_uses=args.max_uses
+    )
     payload = {
         "source": source,
         "index_load_seconds": round(load_s, 3),

@@ -2,16 +2,17 @@
 
     python -m tests.celery_driver plan.json
 
-plan.json: ``{"run_config": {...}, "stages": [[job_name, [partition_key | null, ...]], ...]}``.
-The runs of one stage go concurrently (one thread per partition), so Celery workers share them;
-a stage starts when the previous one succeeded. Prints one JSON line per run and exits non-zero
+plan.json: ``{"stages": [[job_name, [tags, ...], run_config], ...]}`` — one run per tags dict
+(``{"dagster/partition": "0"}``, a partition range, or ``{}``).
+Runs go one after the other (Celery's ``rpc://`` result backend is not safe to share between
+threads of one process); the steps still spread over the workers, because RabbitMQ hands each
+new task to the next idle consumer. A stage starts when the previous one succeeded. Prints one JSON line per run and exits non-zero
 if any run failed. It runs as its own process because the executor is chosen when
 ``sphere_assets.definitions`` is imported (``SPHERE_EXECUTOR=celery``).
 """
 
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
@@ -20,8 +21,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_one(instance, recon_repo, job_name: str, partition: str | None, run_config: dict) -> dict:
-    tags = {"dagster/partition": partition} if partition is not None else {}
+def run_one(instance, recon_repo, job_name: str, tags: dict, run_config: dict) -> dict:
     with dg.execute_job(
         recon_repo.get_reconstructable_job(job_name),
         instance=instance,
@@ -30,7 +30,7 @@ def run_one(instance, recon_repo, job_name: str, partition: str | None, run_conf
     ) as result:
         return {
             "job": job_name,
-            "partition": partition,
+            "tags": tags,
             "run_id": result.run_id,
             "success": result.success,
         }
@@ -43,13 +43,8 @@ def main(plan_path: str) -> int:
     )
     ok = True
     with dg.DagsterInstance.get() as instance:
-        for job_name, partitions in plan["stages"]:
-            with ThreadPoolExecutor(max_workers=max(1, len(partitions))) as pool:
-                futures = [
-                    pool.submit(run_one, instance, recon_repo, job_name, p, plan["run_config"])
-                    for p in partitions
-                ]
-                results = [f.result() for f in futures]
+        for job_name, tag_sets, run_config in plan["stages"]:
+            results = [run_one(instance, recon_repo, job_name, t, run_config) for t in tag_sets]
             for r in results:
                 print(json.dumps(r), flush=True)
             if not all(r["success"] for r in results):

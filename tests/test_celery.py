@@ -1,12 +1,13 @@
 """Scale-out on dagster-celery: RabbitMQ broker, Postgres instance storage, two workers.
 
 Starts two ``dagster-celery worker start`` processes on a queue of this test's own, points a
-fresh Postgres database at a temporary DAGSTER_HOME, and runs the ingest/patch family — every
-shard partition of ``ingest_job``, then ``patching_global_job`` (the entropy model), then every
-shard partition of ``patching_shards_job`` — with ``SPHERE_EXECUTOR=celery``, the runs of a stage
-concurrently so both workers get steps. Every step must have executed in one of the two workers
-(their engine events in Postgres say which), and the warehouse files must be byte-identical to
-the same assets materialized in process.
+fresh Postgres database at a temporary DAGSTER_HOME, and runs the ingest/patch family with
+``SPHERE_EXECUTOR=celery``: every shard partition of ``ingest_job`` (one partition-range run,
+as a backfill of single-run assets launches it), then ``patching_global_job`` (the entropy
+model), then every shard partition of ``patching_shards_job``. RabbitMQ hands each step (assets
+and checks) to the next idle worker, so both get steps. Every step must have executed in one of
+the two workers (their engine events in Postgres say which), and the warehouse files must be
+byte-identical to the same assets materialized in process.
 
 Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on 127.0.0.1:5432; in CI (CI set)
 a missing RabbitMQ is started with ``rabbitmq-server -detached``, elsewhere the test skips.
@@ -28,7 +29,7 @@ import dagster as dg
 import pytest
 
 from sphere_assets import ingest, patching
-from sphere_assets.definitions import ALL_ASSETS, FAMILY_CHECKS, defs
+from sphere_assets.definitions import ALL_ASSETS, FAMILY_CHECKS, RESOURCES, defs
 from sphere_assets.partitions import shard_keys
 from sphere_resources.warehouse import WarehouseResource
 from tests.pg_util import fresh_database, with_database
@@ -145,7 +146,7 @@ def _wait_for_workers(names: list[str], workers, logs, timeout: float = 120) -> 
 def _reference_run(tmp_path: Path, resources: dict) -> Path:
     """The same assets in process: the bytes the Celery run must reproduce."""
     ref = tmp_path / "ref"
-    resources = {**resources, "warehouse": WarehouseResource(root=str(ref))}
+    resources = {**RESOURCES, **resources, "warehouse": WarehouseResource(root=str(ref))}
     all_defs = [*ALL_ASSETS, *FAMILY_CHECKS]
     first, last = shard_keys()[0], shard_keys()[-1]
     rng = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
@@ -208,44 +209,43 @@ def test_celery_workers_materialize_the_ingest_patch_family_byte_identically(
         ]
         try:
             _wait_for_workers(names, workers, logs)
-            stages = []
-            for job_name, parts in (
-                ("ingest_job", shard_keys()),
-                ("patching_global_job", [None]),
-                ("patching_shards_job", shard_keys()),
-            ):
-                # only the entropy model run takes op config (its small training budget)
-                cfg = (
-                    {"ops": {"entropy_model": {"config": ENTROPY_CONFIG}}}
-                    if job_name == "patching_global_job"
-                    else {}
-                )
-                stage_path = tmp_path / f"{job_name}.json"
-                stage_path.write_text(
-                    json.dumps({"run_config": cfg, "stages": [[job_name, parts]]})
-                )
-                stages.append(stage_path)
-            outputs = []
-            for stage_path in stages:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "tests.celery_driver", str(stage_path)],
-                    cwd=REPO,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=400,
-                )
-                worker_logs = "\n".join(p.read_text()[-2000:] for p in logs)
-                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + worker_logs
-                outputs += [
-                    json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")
+            # only the entropy model run takes op config (its small training budget)
+            small = {"ops": {"entropy_model": {"config": ENTROPY_CONFIG}}}
+            # all shard partitions in one run per job, as a UI backfill of these single-run
+            # backfill-policy assets launches it; its steps (assets, checks) spread over workers
+            every_shard = {
+                "dagster/asset_partition_range_start": shard_keys()[0],
+                "dagster/asset_partition_range_end": shard_keys()[-1],
+            }
+            plan = {
+                "stages": [
+                    ["ingest_job", [every_shard], {}],
+                    ["patching_global_job", [{}], small],
+                    ["patching_shards_job", [every_shard], {}],
                 ]
+            }
+            (tmp_path / "plan.json").write_text(json.dumps(plan))
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "tests.celery_driver", str(tmp_path / "plan.json")],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=400,
+            )
+            print(f"celery runs: {time.perf_counter() - t0:.1f}s")
+            worker_logs = "\n".join(p.read_text()[-2000:] for p in logs)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + worker_logs
+            outputs = [
+                json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")
+            ]
         finally:
             for w in workers:
                 _stop(w)
             _delete_queue(queue)
 
-        assert len(outputs) == 2 * len(shard_keys()) + 1 and all(o["success"] for o in outputs)
+        assert len(outputs) == 3 and all(o["success"] for o in outputs)
         used = _celery_workers_used(db_url, [o["run_id"] for o in outputs])
         assert used and set(used.values()) <= set(names), used
         assert len(set(used.values())) == 2, f"only one worker got steps: {used}"

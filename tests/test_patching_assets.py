@@ -279,6 +279,7 @@ def test_rematerialization_is_byte_identical(pipeline):
     assert digests(root / "patch_embeddings" / "shard=0") == emb_before
 
 
+@pytest.mark.slow
 def test_minilm_embedder_option(pipeline):
     """embedder=minilm swaps the vectors (384-d) and keeps prominence from the entropy model."""
     pytest.importorskip("transformers")

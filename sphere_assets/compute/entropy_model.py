@@ -39,6 +39,15 @@ Storage
     :class:`EntropyModelConfig`) and any metrics; :func:`load_entropy_model` rebuilds the exact
     model from the file alone. Serialization is byte-deterministic (:func:`safetensors_bytes`
     sorts header and metadata keys, which ``safetensors.save`` does not guarantee).
+
+BLT checkpoints
+    Meta's released BLT entropy checkpoints (``consolidated.pth``) are pickles, which this
+    project never loads (no ``torch.load`` of data), so they are not supported directly. The
+    parameter names here follow BLT's (``tok_embeddings``, ``layers.N.attention.wq|wk|wv|wo``,
+    ``layers.N.feed_forward.w1|w2|w3``, ``attention_norm``, ``ffn_norm``, ``norm``,
+    ``output``): a checkpoint already converted to safetensors elsewhere maps by name, with
+    ``wq``/``wk`` rows permuted per head for the RoPE pairing (see :func:`apply_rope`) and the
+    config written into the file's metadata.
 """
 
 from __future__ import annotations
@@ -136,8 +145,11 @@ class EntropyModelConfig:
             raise ValueError("window >= 1, seq_len >= 2 and steps >= 0 are required")
         if self.vocab_size != VOCAB_SIZE:
             raise ValueError(f"vocab_size must be {VOCAB_SIZE} (256 bytes + {OFFSET} specials)")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError("holdout_fraction must be in [0, 1)")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(
+                "holdout_fraction must be in (0, 1): bits/byte and threshold "
+                "calibration need held-out text"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -498,7 +510,7 @@ def sample_training_bytes(
     threshold = config.holdout_fraction * 2.0**64
     train = [(i, d) for _, i, d in chosen if stable_hash(i, config.seed + 1) >= threshold]
     held = [(i, d) for _, i, d in chosen if stable_hash(i, config.seed + 1) < threshold]
-    if config.holdout_fraction > 0 and (not train or not held):
+    if not train or not held:
         stream = b"".join(d for _, i, d in chosen)
         cut = len(stream) - max(2, int(len(stream) * config.holdout_fraction))
         if cut < 2:

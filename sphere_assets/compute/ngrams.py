@@ -164,23 +164,26 @@ def escaped_tokens(tokens: pa.Array) -> pa.Array:
 
 
 def with_separator(escaped: pa.Array) -> pa.Array:
-    """Escaped tokens plus one extra entry (id ``len(escaped)``): the 0x00 separator."""
-    return pa.concat_arrays([escaped, pa.array([SEP], type=pa.binary())])
+    """The piece table for key building: entry ``i`` is ``escaped[i] + 0x00`` (a part that is
+    followed by another), entry ``T + i`` is ``escaped[i]`` (the last part); T = len(escaped)."""
+    empty = pa.array([b""] * len(escaped), type=pa.binary())
+    followed = pc.binary_join_element_wise(escaped, empty, SEP)
+    return pa.concat_arrays([followed.cast(pa.binary()), escaped])
 
 
-def key_buffers(escaped_sep: pa.Array, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def key_buffers(pieces: pa.Array, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(data uint8, offsets int64) of the 2-/3-gram keys of ``grams`` rows, back to back.
 
-    One gather of the interleaved pieces ``a, SEP, b[, SEP, c]`` from the token table: the
-    gathered pieces lie contiguously, so every (2n-1)-th piece boundary is a key boundary.
+    ``pieces`` is :func:`with_separator` of the escaped tokens.  One gather of ``n`` pieces per
+    key (``a+0x00, b+0x00, c`` for a 3-gram): gathered pieces lie contiguously, so every n-th
+    piece boundary is a key boundary.
     """
     n = grams.shape[1]
-    width = 2 * n - 1
-    pieces = np.full((grams.shape[0], width), len(escaped_sep) - 1, dtype=np.int32)
-    pieces[:, ::2] = grams
-    taken = escaped_sep.take(pa.array(pieces.reshape(-1)))
+    idx = grams.astype(np.int32, copy=True)
+    idx[:, -1] += len(pieces) // 2
+    taken = pieces.take(pa.array(idx.reshape(-1)))
     data, piece_offsets = hs.binary_buffers(taken)
-    return data[piece_offsets[0] : piece_offsets[-1]], piece_offsets[::width] - piece_offsets[0]
+    return data[piece_offsets[0] : piece_offsets[-1]], piece_offsets[::n] - piece_offsets[0]
 
 
 def join_keys(escaped: pa.Array, grams: np.ndarray) -> pa.Array:
@@ -212,20 +215,55 @@ def check_offsets(offsets: np.ndarray, n_patches: int) -> np.ndarray:
     return offsets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Occurrences:
-    """Every n-gram occurrence as token ids, and the sequence it came from."""
+    """Every n-gram occurrence, as windows into the padded token-id sequence.
 
-    grams: tuple[np.ndarray, np.ndarray, np.ndarray]  # (k_n, n) int32 per order
-    sequence: tuple[np.ndarray, np.ndarray, np.ndarray]  # (k_n,) int64 sequence index
+    ``padded`` holds every non-empty sequence as START, its token ids, END, back to back; the
+    occurrences of order n are the windows ``padded[w : w + n]`` for ``w`` in ``windows[n-1]``
+    (1-grams: the patches only; 2-/3-grams never straddle two sequences).
+    """
+
+    padded: np.ndarray  # int32
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray]  # window starts per order, int64
+    kept: np.ndarray  # index of every non-empty sequence, in order
+    lengths: np.ndarray  # their lengths in patches
+
+    @cached_property
+    def sequence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(k_n,) int64 sequence index of every occurrence, per order (L, L+1, L windows)."""
+        seq = self.kept.astype(np.int64)
+        return (
+            np.repeat(seq, self.lengths),
+            np.repeat(seq, self.lengths + 1),
+            np.repeat(seq, self.lengths),
+        )
 
     @property
     def total(self) -> int:
-        return sum(g.shape[0] for g in self.grams)
+        return sum(w.size for w in self.windows)
+
+    def rows(self, n: int, which: np.ndarray | None = None) -> np.ndarray:
+        """(k, n) int32 token ids of the occurrences of order n (or of the ``which`` ones)."""
+        w = self.windows[n - 1] if which is None else self.windows[n - 1][which]
+        return np.stack([self.padded[w + j] for j in range(n)], axis=1)
+
+    def codes(self, n: int, n_tokens: int) -> np.ndarray:
+        """:func:`_gram_codes` of every occurrence of order n, straight from the windows."""
+        w = self.windows[n - 1]
+        code = self.padded[w].astype(np.int64)
+        for j in range(1, n):
+            code *= n_tokens
+            code += self.padded[w + j]
+        return code
+
+    @property
+    def grams(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(self.rows(n) for n in ORDERS)
 
 
 def occurrences(token_ids: np.ndarray, offsets: np.ndarray) -> Occurrences:
-    """Pad every non-empty sequence with START/END and list its 1-, 2- and 3-grams."""
+    """Pad every non-empty sequence with START/END and list its 1-, 2- and 3-gram windows."""
     token_ids = np.asarray(token_ids, dtype=np.int32)
     offsets = check_offsets(offsets, token_ids.size)
     lengths = np.diff(offsets)
@@ -233,27 +271,19 @@ def occurrences(token_ids: np.ndarray, offsets: np.ndarray) -> Occurrences:
     lengths = lengths[keep]
     starts = offsets[:-1][keep]
     n_seq = keep.size
-    # padded layout: sequence s occupies [starts[s] + 2s, starts[s] + 2s + lengths[s] + 2)
+    # padded layout: kept sequence s occupies [starts[s] + 2s, starts[s] + 2s + lengths[s] + 2)
     pad_start = starts + 2 * np.arange(n_seq)
-    packed = token_ids  # sequences tile the patch array; empty ones hold no patches
-    padded = np.full(packed.size + 2 * n_seq, END_ID, dtype=np.int32)
+    padded = np.full(token_ids.size + 2 * n_seq, END_ID, dtype=np.int32)
     padded[pad_start] = START_ID
     inner = np.ones(padded.size, dtype=bool)
     inner[pad_start] = False
     inner[pad_start + lengths + 1] = False
-    padded[inner] = packed
+    w1 = np.flatnonzero(inner)
+    padded[w1] = token_ids  # sequences tile the patch array; empty ones hold no patches
     # windows never straddle sequences: a window may not contain an END before its last part
-    left, mid = padded[:-1], padded[1:]
-    ok2 = left != END_ID
-    ok3 = ok2[:-1] & (mid[:-1] != END_ID)
-    g1 = packed.reshape(-1, 1)
-    g2 = np.stack([left[ok2], mid[ok2]], axis=1)
-    g3 = np.stack([padded[:-2][ok3], padded[1:-1][ok3], padded[2:][ok3]], axis=1)
-    seq_ids = keep.astype(np.int64)
-    s1 = np.repeat(seq_ids, lengths)
-    s2 = np.repeat(seq_ids, lengths + 1)
-    s3 = np.repeat(seq_ids, lengths)
-    return Occurrences((g1, g2, g3), (s1, s2, s3))
+    ok2 = padded[:-1] != END_ID
+    ok3 = ok2[:-1] & (padded[1:-1] != END_ID)
+    return Occurrences(padded, (w1, np.flatnonzero(ok2), np.flatnonzero(ok3)), keep, lengths)
 
 
 def _gram_codes(rows: np.ndarray, n_tokens: int) -> np.ndarray:
@@ -305,15 +335,15 @@ class DistinctGrams:
         return np.searchsorted(self.codes, _gram_codes(occurrence_grams, n_tokens)).astype(np.int64)
 
 
-def _distinct_rows(rows: np.ndarray, n_tokens: int, canonical: bool) -> DistinctGrams:
-    """Deduplicate occurrence rows with Arrow's hash kernel on their integer codes.
+def _distinct_rows(occ: Occurrences, n: int, n_tokens: int, canonical: bool) -> DistinctGrams:
+    """Deduplicate the occurrences of order n with Arrow's hash kernel on their integer codes.
 
     The dictionary lists the distinct codes in first-occurrence order, so the first occurrence
-    of id ``u`` is where the running maximum of the ids first reaches ``u``; canonical=True
-    then sorts only the distinct codes (ascending code = lexicographic rows).
+    of id ``u`` is where the running maximum of the ids first reaches ``u``; only those
+    windows are turned into rows.  canonical=True then sorts the distinct codes (ascending
+    code = lexicographic rows).
     """
-    n = rows.shape[1]
-    codes = _gram_codes(rows, n_tokens)
+    codes = occ.codes(n, n_tokens)
     if codes.size == 0:
         return DistinctGrams(np.zeros((0, n), np.int32), np.zeros(0, np.int64), codes)
     encoded = pc.dictionary_encode(pa.array(codes))
@@ -322,7 +352,7 @@ def _distinct_rows(rows: np.ndarray, n_tokens: int, canonical: bool) -> Distinct
     counts = np.bincount(ids, minlength=distinct.size).astype(np.int64)
     running = np.maximum.accumulate(ids)
     first = np.flatnonzero(np.concatenate([[True], running[1:] != running[:-1]]))
-    grams = rows[first].astype(np.int32)
+    grams = occ.rows(n, first)
     if not canonical:
         return DistinctGrams(grams, counts, distinct, ids)
     order = np.argsort(distinct)
@@ -341,24 +371,25 @@ def distinct_grams(
     if n_tokens >= 2**31:
         raise ValueError(f"too many distinct patches ({n_tokens}) for int32 token ids")
     # order 1: token ids themselves
-    g1 = occ.grams[0][:, 0]
+    g1 = occ.padded[occ.windows[0]]
     counts1 = np.bincount(g1, minlength=n_tokens).astype(np.int64)
     present = np.flatnonzero(counts1[FIRST_PATCH_ID:]) + FIRST_PATCH_ID
     d1 = DistinctGrams(
         present.astype(np.int32).reshape(-1, 1), counts1[present], present.astype(np.int64)
     )
-    g3 = occ.grams[2]
     narrow = n_tokens < _NARROW_TOKENS  # T^3 < 2^63: orders 2 and 3 are independent
     # the hash kernel and numpy release the GIL: on big inputs do the 3-grams on a second core
-    pool = ThreadPoolExecutor(max_workers=1) if narrow and g3.shape[0] >= _PARALLEL_MIN else None
-    future = pool.submit(_distinct_rows, g3, n_tokens, canonical) if pool is not None else None
-    d2 = _distinct_rows(occ.grams[1], n_tokens, canonical)
+    big = occ.windows[2].size >= _PARALLEL_MIN
+    pool = ThreadPoolExecutor(max_workers=1) if narrow and big else None
+    future = pool.submit(_distinct_rows, occ, 3, n_tokens, canonical) if pool else None
+    d2 = _distinct_rows(occ, 2, n_tokens, canonical)
     if future is not None:
         d3 = future.result()
         pool.shutdown()
     elif narrow:
-        d3 = _distinct_rows(g3, n_tokens, canonical)
+        d3 = _distinct_rows(occ, 3, n_tokens, canonical)
     else:
+        g3 = occ.rows(3)
         codes2 = d2.codes if canonical else np.sort(d2.codes)
         if codes2.size * n_tokens >= 2**63:
             raise ValueError("3-gram code space exceeds 63 bits; shard the input further")
@@ -461,10 +492,15 @@ class IndexedSequences:
 
     def inverse(self, n: int) -> np.ndarray:
         """Table row of every occurrence of order ``n``."""
-        grams = self.occurrences.grams[n - 1]
+        occ = self.occurrences
         if n == 1:
-            return np.searchsorted(self.distinct[0].codes, grams[:, 0].astype(np.int64))
-        return self.distinct[n - 1].inverse(grams, self.table.n_tokens)
+            return np.searchsorted(self.distinct[0].codes, occ.padded[occ.windows[0]])
+        d = self.distinct[n - 1]
+        if d.occurrence_rows is not None:
+            return d.occurrence_rows.astype(np.int64)
+        if isinstance(d, _WideDistinct):
+            return d.inverse(occ.rows(n), self.table.n_tokens)
+        return np.searchsorted(d.codes, occ.codes(n, self.table.n_tokens)).astype(np.int64)
 
 
 def index_sequences(

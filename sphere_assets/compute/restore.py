@@ -250,6 +250,7 @@ class RestoreReport:
     beam_width: int
     depth: int
     reason: str | None = None
+    max_edge_uses: int = 1
 
     @property
     def n_candidates_total(self) -> int:
@@ -268,6 +269,7 @@ class RestoreReport:
             "latency_ms": self.latency_ms,
             "beam_width": self.beam_width,
             "depth": self.depth,
+            "max_edge_uses": self.max_edge_uses,
             "reason": self.reason,
         }
 
@@ -444,8 +446,18 @@ def beam_search(
     weights: np.ndarray,
     n_tokens: int,
     beam_width: int = DEFAULT_BEAM_WIDTH,
+    max_edge_uses: int = 1,
 ) -> tuple[list[tuple[float, int, list[int]]], int]:
-    """Complete START→END trails as (score, n_edges_used, edge ids in order), and the depth."""
+    """Complete START→END paths as (score, distinct edges used, edge ids in order), and depth.
+
+    ``max_edge_uses = 1`` is the trail search of the specification (each edge at most once).
+    A larger value lets a path re-use an edge that often — an HLLSet records which 3-grams
+    occur, not how often, so a span whose 3-grams repeat ("a b c a b c") has no covering trail.
+    Live states are ranked by distinct edges used (all equal when edges are used once), then
+    score; the depth limit is ``|E3| * max_edge_uses + 1``.
+    """
+    if max_edge_uses < 1:
+        raise ValueError(f"max_edge_uses must be >= 1, got {max_edge_uses}")
     n_edges = edges.shape[0]
     if n_edges == 0:
         return [], 0
@@ -463,38 +475,46 @@ def beam_search(
     for e in order.tolist():
         out[int(src[e])].append((e, int(dst[e]), float(weights[e])))
     starts = np.flatnonzero(left == ng.START_ID).tolist()
-    # state: (score, node, used_mask, trail_id); trails: (parent_trail_id, edge)
+    top = max_edge_uses - 1
+    # state: (score, distinct, node, masks, trail_id); masks[u] = edges used more than u times;
+    # trails: (parent_trail_id, edge)
     trails: list[tuple[int, int]] = []
-    live = [(0.0, s, 0, -1) for s in starts]
-    done: list[tuple[float, int, int]] = []  # (score, n_used, trail_id)
+    live = [(0.0, 0, s, (0,) * max_edge_uses, -1) for s in starts]
+    done: list[tuple[float, int, int]] = []  # (score, distinct edges, trail_id)
     depth = 0
-    while live and depth <= n_edges:
+    limit = n_edges * max_edge_uses
+    while live and depth <= limit:
         depth += 1
-        best: dict[tuple[int, int], tuple[float, int, int, int]] = {}
-        for score, node, used, trail in live:
+        best: dict[tuple, tuple] = {}
+        for score, distinct, node, masks, trail in live:
             for e, target, w in out[node]:
                 bit = 1 << e
-                if used & bit:
+                if masks[top] & bit:
                     continue
+                level = 0
+                while masks[level] & bit:
+                    level += 1
+                new_masks = masks[:level] + (masks[level] | bit,) + masks[level + 1 :]
+                new_distinct = distinct + (level == 0)
                 trails.append((trail, e))
                 tid = len(trails) - 1
                 new_score = score + w
                 if is_end[target]:
-                    done.append((new_score, depth, tid))
+                    done.append((new_score, new_distinct, tid))
                     continue
-                key = (target, used | bit)
+                key = (target, new_masks)
                 prev = best.get(key)
                 if prev is None or new_score > prev[0]:
-                    best[key] = (new_score, target, used | bit, tid)
-        live = sorted(best.values(), key=lambda s: (-s[0], s[1], s[2]))[:beam_width]
+                    best[key] = (new_score, new_distinct, target, new_masks, tid)
+        live = sorted(best.values(), key=lambda s: (-s[1], -s[0], s[2], s[3]))[:beam_width]
     results = []
-    for score, n_used, tid in done:
+    for score, distinct, tid in done:
         path = []
         while tid >= 0:
             tid, e = trails[tid]
             path.append(e)
         path.reverse()
-        results.append((score, n_used, path))
+        results.append((score, distinct, path))
     return results, depth
 
 
@@ -512,6 +532,7 @@ def restore(
     k: int = DEFAULT_K,
     beam_width: int = DEFAULT_BEAM_WIDTH,
     verify: bool = False,
+    max_edge_uses: int = 1,
 ) -> RestoreResult:
     """Up to ``k`` patch orderings whose n-grams explain ``hll`` (see module docstring).
 
@@ -540,6 +561,7 @@ def restore(
             beam_width=beam_width,
             depth=depth,
             reason=reason,
+            max_edge_uses=max_edge_uses,
         )
         return RestoreResult(candidates, report, cover if cover is not None else ())
 
@@ -565,7 +587,7 @@ def restore(
             reason="no 3-gram candidate passed cross-validation "
             "(a 3-gram needs its own bit, its 1-grams and both 2-grams set)",
         )
-    paths, depth = beam_search(v.edges, v.weights, index.n_tokens, beam_width)
+    paths, depth = beam_search(v.edges, v.weights, index.n_tokens, beam_width, max_edge_uses)
     if not paths:
         return finish([], depth, "no _START_ -> _END_ path through the validated 3-gram edges")
     n_bits3 = max(v.set_bits[2].size, 1)

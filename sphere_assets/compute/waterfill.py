@@ -494,6 +494,12 @@ def prepare_inputs(
 
 
 @lru_cache(maxsize=8)
+def cached_plan(basis: sht.ShBasis, device=None) -> sht.ShtPlan:
+    """float32 device tables of a basis (ShBasis hashes by identity), built once per device."""
+    return sht.sht_plan(basis, dtype=np.float32, device=device)
+
+
+@lru_cache(maxsize=8)
 def cached_basis(L: int) -> sht.ShBasis:
     """One ShBasis per band limit per process (building it costs a Legendre recursion)."""
     return sht.build_basis(L)
@@ -842,7 +848,7 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
     unit = padded(prep.unit, 0.0, np.float32)
     unit[n:] = NORTH_POLE  # padding rows need a valid direction
     dyn = dict(
-        plan=sht.sht_plan(basis, dtype=np.float32, device=device),
+        plan=cached_plan(basis, device),
         taper=_lowpass_taper(basis.L, config.l_smooth),
         area=np.asarray(basis.weights, dtype=np.float32),
         max_passes=np.int32(config.max_passes),
@@ -1006,33 +1012,40 @@ def random_unit(n: int, seed: int = 0) -> np.ndarray:
 
 
 def librarian_export(patches: Sequence[bytes], r, theta, phi, max_len: int | None = None) -> dict:
-    """Patch bytes -> (r, theta, phi) training tensors.
+    """Patch bytes -> (r, theta, phi) training tensors (see :func:`librarian_export_flat`)."""
+    lengths = np.fromiter((len(p) for p in patches), dtype=np.int64, count=len(patches))
+    flat = np.frombuffer(b"".join(bytes(p) for p in patches), dtype=np.uint8)
+    return librarian_export_flat(flat, lengths, r, theta, phi, max_len)
 
-    ``bytes`` uint8 [P, Lmax] (zero padded), ``lengths`` int32 [P] (bytes kept, <= max_len),
-    ``target`` float32 [P, 3] = (r, theta, phi).
+
+def librarian_export_flat(flat, lengths, r, theta, phi, max_len: int | None = None) -> dict:
+    """Patches given as one byte buffer + lengths (in row order) -> training tensors.
+
+    ``bytes`` uint8 [P, width] (zero padded; width = longest patch, capped at ``max_len``),
+    ``lengths`` int32 [P] (bytes kept), ``target`` float32 [P, 3] = (r, theta, phi).
     """
-    n = len(patches)
+    flat = np.asarray(flat, dtype=np.uint8).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    n = lengths.size
     r, theta, phi = (np.asarray(a, dtype=np.float32).reshape(-1) for a in (r, theta, phi))
     if not (r.size == theta.size == phi.size == n):
         raise ValueError(
             f"librarian_export: {n} patches but r/theta/phi sizes {r.size}/{theta.size}/{phi.size}"
         )
-    lengths = np.fromiter((len(p) for p in patches), dtype=np.int64, count=n)
+    if int(lengths.sum()) != flat.size:
+        raise ValueError(f"librarian_export: lengths sum {lengths.sum()} != {flat.size} bytes")
     width = int(lengths.max()) if n else 0
     if max_len is not None:
         width = min(width, int(max_len))
-    out = np.zeros((n, width), np.uint8)
     kept = np.minimum(lengths, width)
+    out = np.zeros((n, width), np.uint8)
     if n and width:
-        flat = np.frombuffer(b"".join(bytes(p[:width]) for p in patches), dtype=np.uint8)
+        starts = np.cumsum(lengths) - lengths
         rows = np.repeat(np.arange(n), kept)
-        cols = np.arange(flat.size) - np.repeat(np.cumsum(kept) - kept, kept)
-        out[rows, cols] = flat
-    return {
-        "bytes": out,
-        "lengths": kept.astype(np.int32),
-        "target": np.stack([r, theta, phi], axis=1) if n else np.zeros((0, 3), np.float32),
-    }
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(kept) - kept, kept)
+        out[rows, cols] = flat[np.repeat(starts, kept) + cols]
+    target = np.stack([r, theta, phi], axis=1) if n else np.zeros((0, 3), np.float32)
+    return {"bytes": out, "lengths": kept.astype(np.int32), "target": target}
 
 
 def lvm_sequences(embeddings: np.ndarray, article_ids, patch_index, window: int = 5) -> dict:

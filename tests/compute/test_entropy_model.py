@@ -291,6 +291,8 @@ def test_config_json_roundtrip_and_validation():
         em.EntropyModelConfig(dim=30, n_heads=4)
     with pytest.raises(ValueError, match="unknown"):
         em.EntropyModelConfig.from_json('{"bogus": 1}')
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        em.EntropyModelConfig(holdout_fraction=0.0)
 
 
 def test_safetensors_bytes_reads_back_with_library():

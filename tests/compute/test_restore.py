@@ -16,6 +16,7 @@ EXTRA = [
     [b"p", b"X", b"Y", b"q", b"X", b"Y", b"r"],  # repeated 2-gram, distinct 3-grams
     [b"Hel", b"lo", b" wor", b"ld"],
     [b"solo"],
+    [b"A", b"B", b"C", b"A", b"B", b"C"],  # a repeated 3-gram: no trail covers the set
 ]
 
 
@@ -102,6 +103,19 @@ def test_cycle_terminates_and_round_trips(index10):
     assert top.roundtrip is True
     assert set(ng.reference_keys(top.patches)[3]) == set(ng.reference_keys(seq)[3])
     assert result.report.depth <= result.report.n_validated_edges + 1
+
+
+def test_repeated_three_gram_needs_edge_reuse(index10):
+    seq = EXTRA[5]  # (A,B,C) occurs twice; the set cannot say so
+    h = ng.hllset_of_patches(seq, 10)
+    once = rs.restore(h, index10, verify=True)
+    assert once.ok and once.candidates[0].roundtrip is False  # best trail misses a 3-gram
+    assert once.candidates[0].edge_coverage < 1.0
+    twice = rs.restore(h, index10, verify=True, max_edge_uses=2)
+    assert twice.candidates[0].patches == seq and twice.candidates[0].roundtrip
+    assert twice.report.max_edge_uses == 2
+    with pytest.raises(ValueError, match="max_edge_uses"):
+        rs.restore(h, index10, max_edge_uses=0)
 
 
 def test_bits_of_no_known_token_give_empty_result_with_reason(index10):

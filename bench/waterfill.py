@@ -5,7 +5,11 @@
 
 Every case runs in its own child process (so peak RSS is that case's own), on synthetic
 clustered embeddings (D = 128: 256 Gaussian clusters of random radius, log-normal norms) and,
-if ``data/warehouse/patch_embeddings`` exists, on the real corpus embeddings of every shard.
+if ``$SPHERE_WAREHOUSE/patch_embeddings`` (default ``data/warehouse``) exists, on the real
+corpus embeddings of every shard. ``duplicates``: the synthetic set with 30% of the rows one
+identical vector (the rank start cannot split the tie, the dynamics must); ``warmstart``:
+every point starts in the innermost shell (the whole water-filling happens in the dynamics,
+with lateral moves).
 Per case: a cold call (includes jit compilation), then a warm call (timed); the reference in
 the same process is ``numpy.argsort`` of the information score (the floor of any rank-based
 fill), so ``ours/argsort`` = warm seconds / argsort seconds. Reported: points/s, passes,
@@ -49,8 +53,11 @@ def clustered(n: int, d: int = 128, k: int = 256, seed: int = 0) -> np.ndarray:
     return out
 
 
+WAREHOUSE = Path(os.environ.get("SPHERE_WAREHOUSE", ROOT / "data" / "warehouse"))
+
+
 def corpus_embeddings() -> tuple[np.ndarray, np.ndarray] | None:
-    base = ROOT / "data" / "warehouse" / "patch_embeddings"
+    base = WAREHOUSE / "patch_embeddings"
     files = sorted(base.glob("shard=*/embeddings.safetensors"))
     if not files:
         return None
@@ -69,23 +76,28 @@ def run_case(source: str, n: int, method: str) -> dict:
     from sphere_assets.compute import thrml_langevin as tl
     from sphere_assets.compute import waterfill as wf
 
+    init = None
     if source == "corpus":
         emb, prom = corpus_embeddings()
     else:
         emb, prom = clustered(n), None
+    if source == "duplicates":  # 30% of the rows are one and the same vector
+        emb[: emb.shape[0] * 3 // 10] = emb[0]
     n = emb.shape[0]
+    if source == "warmstart":  # everything poured into the innermost shell
+        init = np.zeros(n, np.int32)
     cfg = wf.WaterfillConfig()
+
+    def call():
+        if method == "lateral":
+            return wf.place(emb, prom, config=cfg, initial_shell=init)
+        return tl.place_thrml(emb, prom, config=tl.LangevinConfig(waterfill=cfg))
+
     t = time.perf_counter()
-    if method == "lateral":
-        p = wf.place(emb, prom, config=cfg)
-    else:
-        p = tl.place_thrml(emb, prom, config=tl.LangevinConfig(waterfill=cfg))
+    p = call()
     cold = time.perf_counter() - t
     t = time.perf_counter()
-    if method == "lateral":
-        p = wf.place(emb, prom, config=cfg)
-    else:
-        p = tl.place_thrml(emb, prom, config=tl.LangevinConfig(waterfill=cfg))
+    p = call()
     warm = time.perf_counter() - t
     # the floor of a rank-based fill: argsort of the same scores (numpy, same process)
     prep = wf.prepare_inputs(emb, prom, cfg)
@@ -142,6 +154,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--methods", nargs="*", default=["lateral", "thrml"])
     ap.add_argument("--thrml-max-n", type=int, default=100_000)
+    ap.add_argument(
+        "--sources",
+        nargs="*",
+        default=["synthetic", "duplicates", "warmstart"],
+        help="synthetic | duplicates (30%% identical rows) | warmstart (all in shell 0)",
+    )
     ap.add_argument("--child", nargs=3, metavar=("SOURCE", "N", "METHOD"))
     args = ap.parse_args()
     if args.child:
@@ -149,12 +167,17 @@ def main() -> None:
         print("RESULT " + json.dumps(run_case(source, int(n), method)))
         return
 
-    cases = [("synthetic", n, m) for n in args.n for m in args.methods]
-    cases = [c for c in cases if c[2] == "lateral" or c[1] <= args.thrml_max_n]
-    if (ROOT / "data" / "warehouse" / "patch_embeddings").exists():
+    cases = [
+        (src, n, m)
+        for n in args.n
+        for src in args.sources
+        for m in args.methods
+        if (src == "synthetic" or m == "lateral") and (m == "lateral" or n <= args.thrml_max_n)
+    ]
+    if (WAREHOUSE / "patch_embeddings").exists():
         cases += [("corpus", 0, m) for m in args.methods]
     else:
-        print("no data/warehouse/patch_embeddings: corpus case skipped")
+        print(f"no {WAREHOUSE}/patch_embeddings: corpus case skipped")
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores)")
     rows = []

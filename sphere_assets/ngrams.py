@@ -501,9 +501,9 @@ def article_batches(offsets: np.ndarray, p: int, span: int) -> list[tuple[int, i
     per_set = 3 * 4 * (1 << p)
     budget = max(1, HLLSET_BATCH_BYTES // per_set)
     lengths = np.diff(offsets)
-    sets = 1 + (-(-lengths // span) if span > 0 else 0)
+    sets = 1 + (-(-lengths // span) if span > 0 else np.zeros_like(lengths))
     out, start, used = [], 0, 0
-    for i, s in enumerate(np.atleast_1d(sets).tolist()):
+    for i, s in enumerate(sets.tolist()):
         if used and used + s > budget:
             out.append((start, i))
             start, used = i, 0

@@ -179,7 +179,7 @@ def shell_model_metadata(cfg: wf.WaterfillConfig, method: str) -> dict[str, str]
 
 
 def place_shard(
-    store: Warehouse, key: str, config: ShellPlacementsConfig, basis, device
+    store: Warehouse, key: str, config: ShellPlacementsConfig, basis, device, devices=None
 ) -> tuple[dict, wf.Placement]:
     """Place one shard, write the partition atomically; returns (summary, placement)."""
     src = load_shard_embeddings(store, key)
@@ -189,7 +189,7 @@ def place_shard(
     if config.method == "lateral":
         p = wf.place(
             src["embeddings"], src["prominence"], config=wcfg, basis=basis, row_keys=keys,
-            device=device,
+            device=device, devices=devices,
         )  # fmt: skip
     elif config.method == "thrml":
         p = tl.place_thrml(
@@ -326,6 +326,8 @@ def shell_placements(
 ) -> dg.MaterializeResult:
     store = warehouse.store()
     device = jax.device()
+    local = jax.local_devices()  # points are sharded over them when there are several
+    devices = local if len(local) > 1 else None
     try:
         basis = harmonics.load_sh_basis(store, BAND_LIMIT)
     except FileNotFoundError as exc:
@@ -336,7 +338,7 @@ def shell_placements(
     summaries, placements = [], []
     t0 = time.perf_counter()
     for key in context.partition_keys:
-        summary, p = place_shard(store, key, config, basis, device)
+        summary, p = place_shard(store, key, config, basis, device, devices)
         context.log.info(
             f"{ASSET} shard {key}: {summary['points']} points in {summary['seconds']:.2f}s "
             f"({summary['points_per_s']:.0f}/s), passes {summary['passes']}, balanced "
@@ -396,6 +398,7 @@ def shell_placements(
             )
         ),
         **jax.metadata(),
+        "jax/devices_used": 1 if devices is None or config.method != "lateral" else len(devices),
         "path": dg.MetadataValue.path(str(store.partition_dir(ASSET, summaries[0]["shard"]))),
     }
     if config.method == "thrml":

@@ -112,6 +112,12 @@ def patch_text(text: str, store) -> tuple[list[bytes], str]:
 
 
 def run_restore(args) -> int:
+    import warnings
+
+    import dagster as dg
+
+    # asset definitions are imported for their loaders only; their beta notices are noise here
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from sphere_assets import ngrams as assets
     from sphere_assets.compute import ngrams as ng
     from sphere_assets.compute import restore as rs

@@ -237,6 +237,24 @@ def test_global_merge_covers_the_shards_on_disk(hll_resources):
     assert mat.metadata["missing_shards"].value == (",".join(keys[1:]) or "-")
 
 
+def test_hllset_rows_without_spans_and_batching(corpus, monkeypatch):
+    ids = sorted(corpus)[:5]
+    c = sp.from_sequences([corpus[a] for a in ids])
+    rows = assets.hllset_rows(ids, c.patches, c.offsets, P, 0)
+    assert rows.column("span_index").to_pylist() == [-1] * 5
+    assert rows.column("patch_count").to_pylist() == [len(corpus[a]) for a in ids]
+    h = hs.HLLSet.from_layer_bytes([rows.column(f"layer{i}")[2].as_py() for i in (1, 2, 3)], P)
+    assert h == ng.hllset_of_patches(corpus[ids[2]], P)
+    cards = [rows.column(f"card{i}")[2].as_py() for i in (1, 2, 3)]
+    assert np.allclose(cards, h.cardinality())
+    # a tiny memory budget splits the articles into many batches, each within budget
+    monkeypatch.setattr(assets, "HLLSET_BATCH_BYTES", 3 * 4 * (1 << P) * 3)
+    batches = assets.article_batches(c.offsets, P, SPAN)
+    assert batches[0][0] == 0 and batches[-1][1] == 5
+    assert all(a < b for a, b in batches) and len(batches) > 1
+    assert all(b1[1] == b2[0] for b1, b2 in zip(batches, batches[1:], strict=False))
+
+
 def test_restore_index_p_other_than_stored(hll_resources, corpus):
     materialize_all(hll_resources)
     store = Warehouse(hll_resources["warehouse"].root)

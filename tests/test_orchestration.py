@@ -9,8 +9,6 @@ import datetime
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from sphere_assets.cli import plan_stages
 from sphere_assets.compute.corpus import shard_of
 from sphere_assets.compute.incoming import loads_state
 from sphere_assets.contracts import CONTRACTS
-from sphere_assets.definitions import ALL_ASSETS, FAMILY_CHECKS, defs
+from sphere_assets.definitions import ALL_ASSETS, defs
 from sphere_assets.freshness import MaterializationIndex, plan_partition
 from sphere_assets.partitions import shard_keys, shard_partitions
 from sphere_resources.corpus import CorpusSourceResource
@@ -52,23 +50,6 @@ def _digests(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
-
-
-def _write_small_corpus(d: Path, n: int = 24) -> str:
-    """txt + md + jsonl articles spread over every shard; returns the glob."""
-    d.mkdir(parents=True, exist_ok=True)
-    for i in range(n // 2):
-        (d / f"note_{i:02d}.txt").write_text(
-            f"Note {i}. The sphere holds shells of patches; entropy decides where a patch ends. "
-            * 3
-        )
-    (d / "extra.md").write_text("# Extra\nMarkdown article about spherical harmonics.\n")
-    rows = [
-        {"id": f"j{i}", "title": f"Row {i}", "text": f"Row {i} speaks of n-grams and HLLSets. " * 4}
-        for i in range(n // 2)
-    ]
-    (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return str(d / "*")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,62 +205,78 @@ def test_cli_partition_range_materializes_every_partitioned_asset(tmp_path, monk
 # ------------------------------------------------------------------------------------------------
 
 
-def _expected_requests(changed: dg.AssetKey, partition: str) -> dict[dg.AssetKey, set | bool]:
-    """Propagate one changed shard partition through the graph: shard children of a changed
-    shard follow that shard; anything below a changed global asset is requested whole."""
-    out: dict[dg.AssetKey, set | bool] = {changed: {partition}}
+def _expected_closure(changed: dg.AssetKey, partition: str) -> set[tuple]:
+    """(asset, partition) pairs that must be rebuilt after one shard of ``changed`` changed:
+    a shard child of a changed shard follows that shard; whatever is below a changed global
+    (or differently partitioned) asset is rebuilt whole; a global asset has partition None."""
+    out: dict[dg.AssetKey, set] = {changed: {partition}}
     for key in GRAPH.toposorted_asset_keys:
         if key == changed or not GRAPH.get(key).is_materializable:
             continue
         pdef = GRAPH.get(key).partitions_def
-        want: set[str] = set()
+        want: set = set()
         for parent in GRAPH.get(key).parent_keys:
             if parent not in out:
                 continue
-            ppdef = GRAPH.get(parent).partitions_def
             if pdef is None:
-                want.add("*")
-            elif ppdef == pdef:
-                want |= (
-                    set(out[parent]) if out[parent] is not True else set(pdef.get_partition_keys())
-                )
+                want.add(None)
+            elif GRAPH.get(parent).partitions_def == pdef:
+                want |= out[parent]
             else:
                 want |= set(pdef.get_partition_keys())
         if want:
-            out[key] = True if pdef is None else want
+            out[key] = want
     del out[changed]
-    return out
+    return {(k, p) for k, ps in out.items() for p in ps}
 
 
 def test_automation_follows_the_changed_shard_and_merges_once():
+    """Tick by tick, with every requested partition materialized before the next tick: one
+    changed shard rebuilds exactly its downstream closure, and nothing — in particular no global
+    merge — is requested twice."""
     assert automated_keys(ALL_ASSETS) == {k for k in ASSET_KEYS if GRAPH.get(k).parent_keys}
     with dg.instance_for_test() as instance:
+
+        def materialize(pairs):
+            order = {k: i for i, k in enumerate(GRAPH.toposorted_asset_keys)}
+            for key, pk in sorted(pairs, key=lambda kp: (order[kp[0]], str(kp[1]))):
+                instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=pk))
+
+        everything = set()
         for key in ASSET_KEYS:
             pdef = GRAPH.get(key).partitions_def
-            for pk in pdef.get_partition_keys() if pdef else [None]:
-                instance.report_runless_asset_event(dg.AssetMaterialization(key, partition=pk))
-        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        assert first.total_requested == 0  # everything present and nothing changed
-        root = dg.AssetKey("raw_articles")
-        changed = shard_keys()[-1]
-        instance.report_runless_asset_event(dg.AssetMaterialization(root, partition=changed))
-        second = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, cursor=first.cursor
+            everything |= {(key, pk) for pk in (pdef.get_partition_keys() if pdef else [None])}
+        materialize(everything)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert tick.total_requested == 0  # everything present and nothing changed
+
+        root, changed = dg.AssetKey("raw_articles"), shard_keys()[-1]
+        materialize({(root, changed)})
+        requested: list[tuple] = []
+        for _ in range(12):
+            tick = dg.evaluate_automation_conditions(
+                defs=defs, instance=instance, cursor=tick.cursor
+            )
+            if tick.total_requested == 0:
+                break
+            pairs = set()
+            for r in tick.results:
+                if r.true_subset.size:
+                    if GRAPH.get(r.key).partitions_def is None:
+                        pairs.add((r.key, None))
+                    else:
+                        pairs |= {
+                            (r.key, pk) for pk in r.true_subset.expensively_compute_partition_keys()
+                        }
+            requested += sorted(pairs, key=str)
+            materialize(pairs)
+        else:
+            pytest.fail("automation did not settle")
+        assert root not in {k for k, _ in requested}  # roots: sensor / schedule, not automation
+        assert len(requested) == len(set(requested)), "requested twice: " + str(
+            sorted({p for p in requested if requested.count(p) > 1}, key=str)
         )
-        expected = _expected_requests(root, changed)
-        got = {}
-        for r in second.results:
-            if r.true_subset.size:
-                pdef = GRAPH.get(r.key).partitions_def
-                got[r.key] = (
-                    set(r.true_subset.expensively_compute_partition_keys()) if pdef else True
-                )
-        assert got == expected
-        assert root not in got  # roots are driven by the sensor / schedule, not automation
-        third = dg.evaluate_automation_conditions(
-            defs=defs, instance=instance, cursor=second.cursor
-        )
-        assert third.total_requested == 0  # requested once, not on every tick
+        assert set(requested) == _expected_closure(root, changed)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -280,7 +280,7 @@ def windowed_causal_attention(
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     n_blocks = math.ceil(seq_len / window)
     pad = n_blocks * window - seq_len
-    qb = F.pad(q, (0, 0, 0, pad)).view(batch, heads, n_blocks, window, head_dim)
+    qb = (F.pad(q, (0, 0, 0, pad)) if pad else q).reshape(batch, heads, n_blocks, window, head_dim)
     # keys/values padded by one zero block in front (block -1) and to whole blocks at the end
     k_band = F.pad(k, (0, 0, window, pad)).unfold(2, 2 * window, window)  # [B,H,nb,d,2W]
     v_band = F.pad(v, (0, 0, window, pad)).unfold(2, 2 * window, window)
@@ -644,8 +644,17 @@ def train_entropy_model(
 
 def default_chunk_size(config: EntropyModelConfig) -> int:
     """Inference chunk: ≥2048 tokens and ≥4× the overlap, so recomputed context costs ≤25%
-    (about 3% for the tiny model) while activations stay cache-sized."""
-    return max(2048, 4 * receptive_field(config))
+    (about 3% for the tiny model) while activations stay cache-sized; a whole number of
+    attention windows."""
+    size = max(2048, 4 * receptive_field(config))
+    return -(-size // config.window) * config.window
+
+
+def default_context(config: EntropyModelConfig) -> int:
+    """Overlap of inference chunks: the receptive field rounded up to whole attention windows
+    (windows of full blocks need no padding copy in :func:`windowed_causal_attention`)."""
+    rf = receptive_field(config)
+    return -(-rf // config.window) * config.window
 
 
 HEAD_BLOCK = 512  # rows per head/entropy block: logits stay in L2 cache instead of RAM
@@ -661,12 +670,12 @@ def iter_hidden_chunks(
 
     Yields ``(start, hidden [n, D])`` (pre-norm hidden states) for positions
     ``start .. start+n`` in order. Each window starts ``context`` tokens before its first kept
-    position (default: the receptive field ``n_layers·(window-1)``), so every kept position sees
-    exactly the context a full-sequence pass gives it.
+    position (default: the receptive field ``n_layers·(window-1)``, rounded up to whole
+    windows), so every kept position sees exactly the context a full-sequence pass gives it.
     """
     config = model.config
     chunk = chunk_size or default_chunk_size(config)
-    ctx = receptive_field(config) if context is None else context
+    ctx = default_context(config) if context is None else context
     if chunk < 1 or ctx < 0:
         raise ValueError(f"chunk_size must be >= 1 and context >= 0, got {chunk}, {ctx}")
     device = next(model.parameters()).device

@@ -20,6 +20,12 @@ the n-gram vocabulary (keys, hashes, counts) and the adjacency weights.
    kept); the ``beam_width`` best by score (ties: node id, then used-edge set) survive each
    step.  The search stops when no live state remains, nothing expands, or the depth exceeds
    ``|E3| + 1``.  Everything is ordered deterministically.
+   Additions beyond the trail search (both measured in BENCHMARKS.md): ``max_edge_uses > 1``
+   lets a path use an edge that often, and ``covering_walk=True`` (default) adds one candidate
+   per START/END node pair that uses *every* validated edge on a START→END route at least
+   once — a greedy route inspection (duplicate shortest paths until in = out) walked with
+   Hierholzer's algorithm.  An HLLSet records which 3-grams occur, not how often, so for a
+   span whose 3-grams repeat no trail covers its set, while such a walk does.
 5. **Ranking.**  Complete paths are ranked by 3-gram coverage, then score, then patch bytes.
    Coverage is measured in the HLLSet's own terms: the fraction of the set bits of the 3-gram
    layer that the path's 3-grams hit.  (Counting edges instead would reward a path for picking
@@ -518,6 +524,133 @@ def beam_search(
     return results, depth
 
 
+def covering_walks(
+    edges: np.ndarray, weights: np.ndarray, n_tokens: int, max_ends: int = 4
+) -> list[tuple[float, int, list[int]]]:
+    """START→END walks that use every validated edge on a START→END route at least once.
+
+    An HLLSet keeps which 3-grams occur, not how often, so the true ordering of a repetitive
+    span re-uses edges and no trail (each edge once) covers its set.  For each pair of a
+    ``(START, x)`` and a ``(y, END)`` node (at most ``max_ends`` of each, in node order) this
+    keeps the edges on some route between them, duplicates edges along shortest paths from
+    nodes with more in- than out-edges to nodes with more out- than in-edges until the
+    multigraph is balanced (a greedy route inspection), and walks it with Hierholzer's
+    algorithm, taking a node's out-edges best weight first.  Returns (score, distinct edges,
+    edge ids in order) like :func:`beam_search`; pairs that cannot be balanced give no walk.
+    """
+    n_edges = edges.shape[0]
+    if n_edges == 0:
+        return []
+    src_codes = edges[:, 0].astype(np.int64) * n_tokens + edges[:, 1]
+    dst_codes = edges[:, 1].astype(np.int64) * n_tokens + edges[:, 2]
+    node_codes, inverse = np.unique(np.concatenate([src_codes, dst_codes]), return_inverse=True)
+    src = inverse[:n_edges].tolist()
+    dst = inverse[n_edges:].tolist()
+    n_nodes = node_codes.size
+    left = (node_codes // n_tokens).tolist()
+    right = (node_codes % n_tokens).tolist()
+    order = np.lexsort((np.arange(n_edges), -weights, np.asarray(src))).tolist()
+    out: list[list[int]] = [[] for _ in range(n_nodes)]
+    into: list[list[int]] = [[] for _ in range(n_nodes)]
+    for e in order:
+        out[src[e]].append(e)
+        into[dst[e]].append(e)
+    starts = [v for v in range(n_nodes) if left[v] == ng.START_ID][:max_ends]
+    ends = [v for v in range(n_nodes) if right[v] == ng.END_ID][:max_ends]
+
+    def reach(root: int, adjacency: list[list[int]], step: list[int]) -> list[bool]:
+        seen = [False] * n_nodes
+        seen[root] = True
+        todo = [root]
+        while todo:
+            v = todo.pop()
+            for e in adjacency[v]:
+                w = step[e]
+                if not seen[w]:
+                    seen[w] = True
+                    todo.append(w)
+        return seen
+
+    walks = []
+    for s_node in starts:
+        forward = reach(s_node, out, dst)
+        for t_node in ends:
+            backward = reach(t_node, into, src)
+            keep = [forward[src[e]] and backward[dst[e]] for e in range(n_edges)]
+            mult = [1 if k else 0 for k in keep]
+            walk = _balanced_walk(s_node, t_node, out, src, dst, keep, mult, n_nodes)
+            if walk is not None:
+                score = float(sum(weights[e] for e in walk))
+                walks.append((score, len(set(walk)), walk))
+    return walks
+
+
+def _balanced_walk(s_node, t_node, out, src, dst, keep, mult, n_nodes):
+    """Route inspection (greedy) + Hierholzer on the kept edges; None if it cannot close."""
+    from collections import deque
+
+    balance = [0] * n_nodes  # out - in over the multigraph
+    for e, m in enumerate(mult):
+        if m:
+            balance[src[e]] += m
+            balance[dst[e]] -= m
+    balance[s_node] -= 1  # a trail from s to t: s has one more out, t one more in
+    balance[t_node] += 1
+    # nodes with balance < 0 need extra out-edges: add a shortest path to a node with
+    # balance > 0 (one more in-edge needed there); BFS over kept edges in weight order
+    for v in range(n_nodes):
+        while balance[v] < 0:
+            parent = {v: None}
+            queue = deque([v])
+            found = None
+            while queue and found is None:
+                x = queue.popleft()
+                for e in out[x]:
+                    if not keep[e]:
+                        continue
+                    y = dst[e]
+                    if y in parent:
+                        continue
+                    parent[y] = e
+                    if balance[y] > 0:
+                        found = y
+                        break
+                    queue.append(y)
+            if found is None:
+                return None
+            y = found
+            while parent[y] is not None:
+                e = parent[y]
+                mult[e] += 1
+                y = src[e]
+            balance[v] += 1
+            balance[found] -= 1
+    if any(balance):
+        return None
+    # Hierholzer: iterative, out-edges in weight order, each edge ``mult`` times
+    remaining = list(mult)
+    pointer = [0] * n_nodes
+    stack: list[tuple[int, int]] = [(s_node, -1)]
+    circuit: list[int] = []
+    while stack:
+        v, via = stack[-1]
+        edges_v = out[v]
+        while pointer[v] < len(edges_v) and remaining[edges_v[pointer[v]]] == 0:
+            pointer[v] += 1
+        if pointer[v] < len(edges_v):
+            e = edges_v[pointer[v]]
+            remaining[e] -= 1
+            stack.append((dst[e], e))
+        else:
+            stack.pop()
+            if via >= 0:
+                circuit.append(via)
+    circuit.reverse()
+    if any(remaining) or not circuit or dst[circuit[-1]] != t_node:
+        return None
+    return circuit
+
+
 def _patches_of_path(
     edges: np.ndarray, path: Sequence[int], token_bytes: list[bytes]
 ) -> list[bytes]:
@@ -533,11 +666,13 @@ def restore(
     beam_width: int = DEFAULT_BEAM_WIDTH,
     verify: bool = False,
     max_edge_uses: int = 1,
+    covering_walk: bool = True,
 ) -> RestoreResult:
     """Up to ``k`` patch orderings whose n-grams explain ``hll`` (see module docstring).
 
     ``verify=True`` re-ingests every returned ordering and records whether it reproduces the
-    HLLSet bit-for-bit (``Restored.roundtrip``).
+    HLLSet bit-for-bit (``Restored.roundtrip``).  ``max_edge_uses`` (default 1: trails, as
+    specified) and ``covering_walk`` (default on) control the candidate search.
     """
     t0 = time.perf_counter()
     if hll.p != index.p:
@@ -588,6 +723,8 @@ def restore(
             "(a 3-gram needs its own bit, its 1-grams and both 2-grams set)",
         )
     paths, depth = beam_search(v.edges, v.weights, index.n_tokens, beam_width, max_edge_uses)
+    if covering_walk:
+        paths = paths + covering_walks(v.edges, v.weights, index.n_tokens)
     if not paths:
         return finish([], depth, "no _START_ -> _END_ path through the validated 3-gram edges")
     n_bits3 = max(v.set_bits[2].size, 1)

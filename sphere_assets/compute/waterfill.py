@@ -31,7 +31,7 @@ Angles: PCA-3 map to S^2 (deterministic)
 ---------------------------------------
 * Sample rows ``j_m = floor((m + 1/2) N / M)``, ``m < M = min(N, pca_sample)`` (evenly spaced).
 * ``mu`` = mean of the sample's unit vectors; ``V`` (D x 3) = top-3 right singular vectors of
-  the centred sample (SVD), each column's sign fixed so its largest-|.| entry is positive; rank
+  the centred sample (eigenvectors of its D x D scatter matrix), each column's sign fixed so its largest-|.| entry is positive; rank
   deficiency is completed with the first canonical axes not yet spanned (Gram-Schmidt).
 * ``y_i = u_i V - mu V``; direction ``n_i = y_i / |y_i|`` (north pole ``(0,0,1)`` when
   ``|y_i| <= 1e-12``); ``theta = arccos(n_z)`` in [0, pi], ``phi = atan2(n_y, n_x) mod 2 pi`` in
@@ -57,41 +57,46 @@ Dynamics (``method="lateral"``: one jitted ``lax.while_loop``)
 -------------------------------------------------------------
 State: shell, direction, grid cell, a "settled" flag, per-point promotion/demotion/lateral
 counts. Padding rows (to a bucketed static length) live in a dummy shell S and never move.
-Each pass, with a fresh key ``key, k = split(key)``:
+Each pass draws fresh keys (``key, k_sel, k_dir, k_cap = split(key, 4)``):
 
-1. Occupancy ``m_s`` and excess ``e_s = m_s - n_s``. The cumulative excess
-   ``F_s = sum_{j<=s} e_j`` (s < S-1) is the net number of points that must cross the
-   boundary between shells s and s+1 (outward when ``F_s > 0``, inward when ``< 0``): moving
-   exactly ``F_s`` across every boundary balances every shell in one step. Shell s sends
-   ``up_s = min(max(F_s,0), avail_s)`` outward and ``down_s = min(max(-F_{s-1},0),
-  avail_s - up_s)`` inward (``avail_s`` = its unsettled points).
+1. Occupancy ``m_s``, settled points ``q_s`` and the room left for movable (unsettled)
+   points ``t_s = max(n_s - q_s, 0)``, cumulative ``T_s = sum_{j<=s} t_j``.
 2. Scale-free prominence inside a shell: ``z_i = (a_i - mean_s a) / std_s a`` (0 when
-   std = 0), histogrammed per shell in B bins over ``[-z_clip, z_clip]`` (clipped). Over-full
-   boundaries overflow the *most* prominent: every point in a bin above the bin where the
-   top-down cumulative count reaches ``up_s`` is a promotion candidate; in that boundary bin a
-   point is a candidate when its fresh uniform ``w_i < (up_s - above) / in_bin`` (expected
-   count exactly ``up_s``). Under-full boundaries draw in the *least* prominent the same way
-   from the bottom, using ``w_i >= 1 - (...)`` so the two selections do not collide.
-3. Lateral search before promotion. Per-shell angular density from the cached SH basis:
-   histogram of the shell's points on the equiangular grid (cells = nearest node,
-   ``sht.grid_cell``), divided by the cell areas (quadrature weights) -> ``analysis`` ->
-   Gaussian low-pass ``g_l = exp(-(l / l_smooth)^2 / 2)`` -> ``synthesis`` -> relative density
-   ``rho_s = 4 pi f_s / max(m_s, 1)`` (1 = uniform). A candidate at direction n scores
-   ``n_dirs`` directions ``cos(delta) n + sin(delta)(cos a_k t1 + sin a_k t2)`` with
-   ``a_k = 2 pi (k + w') / n_dirs`` (w' a fresh uniform) around it; if the best one lowers the
-   density by ``(rho(n) - rho_best) / max(rho(n), 1e-3) >= lateral_threshold`` the point moves
-   there, keeps its shell and becomes *settled* (it never moves radially or laterally again:
-   it already relieved its shell), otherwise it is promoted (shell + 1). Demotions move to
-   shell - 1. Candidates beyond a static buffer of ``lateral_buffer`` slots wait for the next
-   pass.
-4. Stop when every shell satisfies the balance criterion or after ``max_passes``.
+   std = 0), binned per shell into B bins over ``[-z_clip, z_clip]`` (clipped).
+3. Overflow cascade (water-filling): the movable points are ordered by (shell, z bin,
+   fresh uniform w_i) -- rank ``rho_i = E[s_i, b_i] + w_i H[s_i, b_i]`` with ``H`` the
+   (shell, bin) histogram and ``E`` its exclusive prefix sum in that order -- and the order
+   is cut by ``T``: ``goal_i = #{s : T_s <= rho_i}``. An over-full shell thereby overflows its
+   *most* prominent points outward (into the next shell, and further when that one is full
+   too), an under-full shell draws in the *least* prominent points of the shells above
+   (demotions). Exact in expectation; only boundary bins are split at random, so a pass
+   leaves at most a few points of noise per shell.
+4. Lateral search before promotion (``goal_i > s_i``). Per-shell angular density from the
+   cached SH basis: histogram of the shell's points on the equiangular grid (cells = nearest
+   node, ``sht.grid_cell``), divided by the cell areas (quadrature weights) -> ``analysis``
+   -> Gaussian low-pass ``g_l = exp(-(l / l_smooth)^2 / 2)`` -> ``synthesis`` -> relative
+   density ``rho_s = 4 pi f_s / max(m_s, 1)`` (1 = uniform). A candidate at direction n scores
+   ``n_dirs`` directions ``cos(delta) n + sin(delta)(cos a_k t1 + sin a_k t2)`` (t1, t2 a
+   tangent frame, ``a_k = 2 pi (k + w') / n_dirs``, w' fresh uniform); if the best one lowers
+   the density by ``(rho(n) - rho_best) / max(rho(n), 1e-3) >= lateral_threshold`` the point
+   moves there instead of leaving the shell and becomes *settled* (it keeps that shell for
+   good: it already relieved the crowding); otherwise it moves to ``goal_i``. Caps (in
+   expectation, by a fresh uniform per candidate): per shell and pass at most
+   ``lateral_share`` of the shell's promotion candidates move laterally, and settled points
+   never exceed ``lateral_share * n_s``; so every pass still promotes most of the outward
+   flow and the next pass re-ranks the rest (the excess left by lateral movers goes to the
+   next most prominent points). Candidates beyond a static buffer (``lateral_buffer``
+   slots) wait for the next pass; a pass without candidates skips the SH step.
+5. Stop when every shell satisfies the balance criterion or after ``max_passes``.
 
-Lateral moves per shell and pass are capped at ``lateral_share * up_s`` (a seeded uniform
-accepts each would-be mover with probability ``min(1, share * up_s / wanting_s)``), so every
-pass still promotes at least ``(1 - share)`` of the outward flux and the loop converges; each
-point moves laterally at most once. The rank start leaves only bucket noise, so 0-2 passes
-are typical. A pass without promotion candidates skips the density/lateral step. Reported: passes, promotions, demotions, lateral
-moves, converged, max |count - target| after every pass.
+``promotions`` / ``demotions`` count shell steps outward / inward per point, so
+``shell - start_shell = promotions - demotions``. The rank start leaves only bucket noise, so
+0-2 passes are typical; a warm start (``initial_shell``) far from balance converges in a few
+passes, because step 3 moves points across as many shells as needed at once. Reported:
+passes, promotions, demotions, lateral moves, converged, max |count - target| after every
+pass. With ``devices`` the per-point arrays are sharded over a 1-D mesh of local devices
+(XLA partitions the passes); float sums then run in another order, so individual z-bin edge
+decisions can differ from a one-device run (balance is the same rule).
 
 Quality: neighbourhood preservation
 -----------------------------------
@@ -786,13 +791,15 @@ def place(
     row_keys: Sequence | None = None,
     initial_shell: np.ndarray | None = None,
     device=None,
+    devices: Sequence | None = None,
 ) -> Placement:
     """Water-filled placement (``method="lateral"``) of embedding rows; see module docstring.
 
     ``prominence`` defaults to the rows' L2 norm. ``basis`` is the cached SH basis (built for
     ``config.band_limit`` when omitted; a given basis decides the band limit). ``initial_shell``
     replaces the rank start (warm start, e.g. after new rows arrived). ``device``: a JAX device
-    (default: JAX's default device).
+    (default: JAX's default device). ``devices``: several local devices to shard the points
+    over (a 1-D mesh; per-shell tables stay replicated; XLA partitions the passes).
     """
     t0 = time.perf_counter()
     emb = np.asarray(embeddings)
@@ -807,10 +814,22 @@ def place(
     blas = threadpool_limits(config.blas_threads, "blas") if config.blas_threads else nullcontext()
     with blas, jax.default_device(device) if device is not None else nullcontext():
         prep = prepare_inputs(emb, prominence, config, row_keys)
-        return _place_prepared(prep, config, basis, initial_shell, device, t0)
+        return _place_prepared(prep, config, basis, initial_shell, device, t0, devices)
 
 
-def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, t0) -> Placement:
+def _point_shardings(devices, n_pad: int):
+    """(per-point sharding, replicated sharding) over a 1-D mesh, or None for one device."""
+    if devices is None or len(devices) < 2 or n_pad % len(devices):
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(list(devices)), ("points",))
+    return NamedSharding(mesh, PartitionSpec("points")), NamedSharding(mesh, PartitionSpec())
+
+
+def _place_prepared(
+    prep: PreparedInputs, config, basis, initial_shell, device, t0, devices=None
+) -> Placement:
     n = prep.score.size
     t_features = time.perf_counter() - t0
     radii, targets = shell_targets(n, config)
@@ -856,20 +875,30 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
         lateral_threshold=np.float32(config.lateral_threshold),
         lateral_share=np.float32(config.lateral_share),
     )
-    t1 = time.perf_counter()
-    out, shell0 = _waterfill_program(
+    point_args = [
         padded(level, 0.0, np.float32),
         padded(prep.log_prominence, 0.0, np.float32),
         unit,
         padded(it * basis.n_phi + ip, 0, np.int32),
         padded(np.ones(n, bool), False, bool),
         padded(initial_shell if initial_shell is not None else np.zeros(n), 0, np.int32),
+    ]
+    shared_args = [
         np.bool_(initial_shell is not None),
         targets.astype(np.int32),
         tol.astype(np.float32),
         np.cumsum(targets).astype(np.float32),
         jax.random.key(config.seed),
         dyn,
+    ]
+    shardings = _point_shardings(devices, n_pad)
+    if shardings is not None:  # points split over the devices, everything else replicated
+        point_args = [jax.device_put(a, shardings[0]) for a in point_args]
+        shared_args = jax.device_put(shared_args, shardings[1])
+    t1 = time.perf_counter()
+    out, shell0 = _waterfill_program(
+        *point_args,
+        *shared_args,
         grid=_GridShape(basis.n_theta, basis.n_phi),
         st=st,
     )
@@ -907,6 +936,7 @@ def _place_prepared(prep: PreparedInputs, config, basis, initial_shell, device, 
         "start_max_abs_deviation": int(np.abs(start_counts - targets).max()),
         "excess_trace": [float(v) for v in np.asarray(out["trace"])[: min(passes, TRACE_PASSES)]],
         "band_limit": basis.L,
+        "devices": 1 if shardings is None else len(devices),
         "seconds_features": t_features,
         "seconds_dynamics": t_dynamics,
         "seconds": time.perf_counter() - t0,
@@ -951,7 +981,7 @@ def _topk_rows(sims: np.ndarray, k: int) -> np.ndarray:
 
 
 def knn_indices(
-    queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, k: int, chunk: int = 65536
+    queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, k: int, chunk: int = 16384
 ) -> np.ndarray:
     """Exact top-k by dot product of each query against all base rows (query row excluded)."""
     q = np.asarray(queries, dtype=np.float32)

@@ -108,14 +108,28 @@ def test_cycle_terminates_and_round_trips(index10):
 def test_repeated_three_gram_needs_edge_reuse(index10):
     seq = EXTRA[5]  # (A,B,C) occurs twice; the set cannot say so
     h = ng.hllset_of_patches(seq, 10)
-    once = rs.restore(h, index10, verify=True)
-    assert once.ok and once.candidates[0].roundtrip is False  # best trail misses a 3-gram
-    assert once.candidates[0].edge_coverage < 1.0
-    twice = rs.restore(h, index10, verify=True, max_edge_uses=2)
+    trails = rs.restore(h, index10, verify=True, covering_walk=False)
+    assert trails.ok and trails.candidates[0].roundtrip is False  # no trail covers the set
+    assert trails.candidates[0].edge_coverage < 1.0
+    twice = rs.restore(h, index10, verify=True, max_edge_uses=2, covering_walk=False)
     assert twice.candidates[0].patches == seq and twice.candidates[0].roundtrip
     assert twice.report.max_edge_uses == 2
+    walk = rs.restore(h, index10, verify=True)  # default: trails + the covering walk
+    assert walk.candidates[0].patches == seq and walk.candidates[0].roundtrip
     with pytest.raises(ValueError, match="max_edge_uses"):
         rs.restore(h, index10, max_edge_uses=0)
+
+
+def test_covering_walk_by_hand():
+    # tokens: 0 START, 1 END, 2 a, 3 b, 4 c — "a b c a b c" has 3-gram (a, b, c) twice
+    edges = np.array([[0, 2, 3], [2, 3, 4], [3, 4, 2], [4, 2, 3], [3, 4, 1]], np.int32)
+    weights = np.zeros(5)
+    (walk,) = rs.covering_walks(edges, weights, 5)
+    score, distinct, path = walk
+    assert path == [0, 1, 2, 3, 1, 4] and distinct == 5
+    # an edge into a dead end (node (b, c) reaches no END) is on no START→END route: dropped
+    dead = np.array([[0, 2, 3], [2, 3, 1], [2, 3, 4]], np.int32)
+    assert rs.covering_walks(dead, np.zeros(3), 5) == [(0.0, 2, [0, 1])]
 
 
 def test_bits_of_no_known_token_give_empty_result_with_reason(index10):

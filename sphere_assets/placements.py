@@ -270,7 +270,16 @@ def occupancy_figure(counts: np.ndarray, targets: np.ndarray):
     ax.step(s, targets, where="mid", color="#e45756", label="capacity (target)")
     ax.set_xlabel("shell")
     ax.set_ylabel("points")
-    ax.legend(loc="upper left", fontsize=8)
+    dev = ax.twinx()
+    dev.plot(s, counts - targets, color="black", linewidth=0.8, label="count - target")
+    tol = np.maximum(1.0, 0.01 * targets)
+    dev.fill_between(s, -tol, tol, color="#54a24b", alpha=0.25, step="mid", label="tolerance")
+    dev.set_ylabel("count - target")
+    lim = max(2.0, float(np.abs(counts - targets).max()) * 1.2, float(tol.max()) * 1.2)
+    dev.set_ylim(-lim, lim)
+    handles = ax.get_legend_handles_labels()
+    more = dev.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", fontsize=7)
     return fig
 
 

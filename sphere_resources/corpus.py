@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -18,6 +17,8 @@ from sphere_assets.compute.corpus import (
     hf_records,
 )
 
+SOURCE_KINDS = ("bundled", "files", "hf")
+
 
 class CorpusSourceResource(dg.ConfigurableResource):
     """Where articles come from.
@@ -27,7 +28,9 @@ class CorpusSourceResource(dg.ConfigurableResource):
     * ``hf`` — ``datasets.load_dataset(hf_name, hf_config, split=hf_split, streaming=True)``.
     """
 
-    kind: Literal["bundled", "files", "hf"] = Field(default="bundled", description="Source kind.")
+    # A plain str (validated below) rather than a Literal: Dagster's EnvVar is only resolved at
+    # run time, and pydantic would reject an EnvVar placeholder for a Literal field at load.
+    kind: str = Field(default="bundled", description="Source kind: bundled | files | hf.")
     path_glob: str = Field(default="", description="files: glob of input files (** recurses).")
     hf_name: str = Field(default="", description="hf: dataset name, e.g. wikimedia/wikipedia.")
     hf_config: str = Field(default="", description="hf: dataset config, e.g. 20231101.en.")
@@ -46,6 +49,12 @@ class CorpusSourceResource(dg.ConfigurableResource):
         default=16 << 20, description="Longer articles are rejected as oversize."
     )
 
+    def _check_kind(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(
+                f"corpus source kind {self.kind!r} is not one of {SOURCE_KINDS} (env SPHERE_CORPUS)"
+            )
+
     def _fields(self) -> FieldNames:
         return FieldNames(self.id_field, self.title_field, self.text_field, self.url_field)
 
@@ -61,6 +70,7 @@ class CorpusSourceResource(dg.ConfigurableResource):
         )
 
     def records(self) -> Iterator[SourceRecord]:
+        self._check_kind()
         if self.kind == "bundled":
             return bundled_records()
         if self.kind == "files":

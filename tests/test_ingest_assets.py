@@ -244,3 +244,33 @@ def test_dagster_cli_materializes_a_partition_range(tmp_path):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert int(out.stdout.strip()) >= 1
+
+
+def test_env_configured_files_source_loads_and_materializes(tmp_path):
+    """SPHERE_CORPUS / SPHERE_CORPUS_GLOB reach the resource through dg.EnvVar at run time."""
+    write_messy_corpus(tmp_path / "corpus")
+    env = _cli_env(tmp_path)
+    env.update(
+        SPHERE_CORPUS="files", SPHERE_CORPUS_GLOB=str(tmp_path / "corpus" / "*"), SPHERE_SHARDS="1"
+    )
+    code = """
+import dagster as dg
+from sphere_assets.definitions import defs
+job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("raw_articles")})
+res = job.execute_in_process(partition_key="0", instance=dg.DagsterInstance.ephemeral())
+mat = res.asset_materializations_for_node("raw_articles")[0]
+print(mat.metadata["rows_out"].value, mat.metadata["source"].value)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows, source = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert int(rows) == 4 and source.startswith(
+        "files:"
+    )  # ok1, ok2, big (no size limit here), good.txt
+    env["SPHERE_CORPUS"] = "wikipedia"
+    bad = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode != 0 and "not one of ('bundled', 'files', 'hf')" in bad.stderr

@@ -407,7 +407,7 @@ def test_nightly_schedule_on_the_real_definitions_targets_missing_shards(tmp_pat
 # ------------------------------------------------------------------------------------------------
 
 
-def _sensor_eval(instance, cursor, glob_dir: Path):
+def _sensor_eval(instance, cursor):
     with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -428,7 +428,7 @@ def test_incoming_sensor_triggers_only_affected_shards_and_is_idempotent(
     inc.mkdir()
     monkeypatch.delenv("SPHERE_INCOMING_DIR", raising=False)
     with dg.instance_for_test() as instance:
-        skipped = _sensor_eval(instance, None, inc)
+        skipped = _sensor_eval(instance, None)
         assert "SPHERE_INCOMING_DIR is not set" in skipped.skip_reason.skip_message
         monkeypatch.setenv("SPHERE_INCOMING_DIR", str(inc))
         (inc / "sub").mkdir()
@@ -438,7 +438,7 @@ def test_incoming_sensor_triggers_only_affected_shards_and_is_idempotent(
             "\n".join(json.dumps({"id": i, "text": f"row {i}"}) for i in ("r1", "r2")) + "\n"
         )
         (inc / ".c.txt.partial").write_text("half written")  # dot-files are invisible
-        first = _sensor_eval(instance, None, inc)
+        first = _sensor_eval(instance, None)
         want = {shard_of(x, N) for x in ("a.txt", "sub/b.md", "r1", "r2")}
         reqs = _requests(first)
         assert set(reqs) == {str(s) for s in want}
@@ -454,29 +454,29 @@ def test_incoming_sensor_triggers_only_affected_shards_and_is_idempotent(
         assert size == len("alpha article") and len(sha) == 64 and shards == [shard_of("a.txt", N)]
         assert ".c.txt.partial" not in state["files"]
         # same tick evaluated again from the same cursor: the same run keys (Dagster dedupes)
-        assert [r.run_key for r in _requests(_sensor_eval(instance, None, inc)).values()] == [
+        assert [r.run_key for r in _requests(_sensor_eval(instance, None)).values()] == [
             r.run_key for r in reqs.values()
         ]
         # nothing changed; a touch (new mtime, same bytes) is not a change either
-        assert _sensor_eval(instance, first.cursor, inc).skip_reason is not None
+        assert _sensor_eval(instance, first.cursor).skip_reason is not None
         os.utime(inc / "a.txt", ns=(time.time_ns(), time.time_ns() + 10**9))
-        touched = _sensor_eval(instance, first.cursor, inc)
+        touched = _sensor_eval(instance, first.cursor)
         assert touched.skip_reason is not None and not touched.run_requests
         cursor = touched.cursor
         # change one text file: exactly its shard
         (inc / "a.txt").write_text("alpha article, second edition")
-        changed = _sensor_eval(instance, cursor, inc)
+        changed = _sensor_eval(instance, cursor)
         assert set(_requests(changed)) == {str(shard_of("a.txt", N))}
         assert loads_state(changed.cursor, N).generation == 2
         # rewrite the jsonl: r1 removed, r3 added -> shards of r1, r2 and r3
         (inc / "rows.jsonl").write_text(
             "\n".join(json.dumps({"id": i, "text": f"row {i}"}) for i in ("r2", "r3")) + "\n"
         )
-        rewritten = _sensor_eval(instance, changed.cursor, inc)
+        rewritten = _sensor_eval(instance, changed.cursor)
         assert set(_requests(rewritten)) == {str(shard_of(i, N)) for i in ("r1", "r2", "r3")}
         # delete a file: its old shard
         (inc / "sub" / "b.md").unlink()
-        deleted = _sensor_eval(instance, rewritten.cursor, inc)
+        deleted = _sensor_eval(instance, rewritten.cursor)
         assert set(_requests(deleted)) == {str(shard_of("sub/b.md", N))}
 
         # the requested run really ingests the new state into that shard

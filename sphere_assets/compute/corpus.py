@@ -238,18 +238,25 @@ def file_records(pattern: str, fields: FieldNames = FieldNames()) -> Iterator[So
     prefix = root.rstrip(os.sep) + os.sep if root not in ("", ".") else ""
     for path in paths:
         rel = path[len(prefix) :] if prefix and path.startswith(prefix) else path
-        suffix = os.path.splitext(path)[1].lower()
-        if suffix == ".jsonl":
-            yield from _jsonl_records(path, rel, fields)
-        elif suffix == ".parquet":
-            yield from _parquet_records(path, rel, fields)
-        elif suffix in TEXT_SUFFIXES:
-            yield _text_file_record(path, rel)
-        else:
-            raise ValueError(
-                f"corpus source 'files': unsupported file type {suffix!r} for {path} "
-                f"(supported: {', '.join(TEXT_SUFFIXES + ('.jsonl', '.parquet'))})"
-            )
+        yield from records_of_file(path, rel, fields)
+
+
+def records_of_file(
+    path: str, rel: str, fields: FieldNames = FieldNames()
+) -> Iterator[SourceRecord]:
+    """The records of one file; ``rel`` (its path relative to the glob root) is the text-file id."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".jsonl":
+        yield from _jsonl_records(path, rel, fields)
+    elif suffix == ".parquet":
+        yield from _parquet_records(path, rel, fields)
+    elif suffix in TEXT_SUFFIXES:
+        yield _text_file_record(path, rel)
+    else:
+        raise ValueError(
+            f"corpus source 'files': unsupported file type {suffix!r} for {path} "
+            f"(supported: {', '.join(TEXT_SUFFIXES + ('.jsonl', '.parquet'))})"
+        )
 
 
 def files_total_bytes(pattern: str) -> int:

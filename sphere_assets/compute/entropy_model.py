@@ -280,7 +280,8 @@ def windowed_causal_attention(
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     n_blocks = math.ceil(seq_len / window)
     pad = n_blocks * window - seq_len
-    qb = (F.pad(q, (0, 0, 0, pad)) if pad else q).reshape(batch, heads, n_blocks, window, head_dim)
+    q_full = F.pad(q, (0, 0, 0, pad)) if pad else q
+    qb = q_full.reshape(batch, heads, n_blocks, window, head_dim)
     # keys/values padded by one zero block in front (block -1) and to whole blocks at the end
     k_band = F.pad(k, (0, 0, window, pad)).unfold(2, 2 * window, window)  # [B,H,nb,d,2W]
     v_band = F.pad(v, (0, 0, window, pad)).unfold(2, 2 * window, window)
@@ -690,13 +691,15 @@ def iter_hidden_chunks(
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats over the last axis, ``-(softmax · log_softmax).sum``, computed as
-    ``log Z - Σ e_i s_i / Z`` with ``s = logits - max``, ``e = exp(s)``, ``Z = Σ e`` (one exp
-    per entry, no log-probability tensor)."""
-    shifted = logits - logits.amax(dim=-1, keepdim=True)
-    exp = shifted.exp()
-    norm = exp.sum(dim=-1)
-    return norm.log() - torch.linalg.vecdot(exp, shifted) / norm
+    """Entropy in nats over the last axis, ``H = -(softmax · log_softmax).sum``.
+
+    Computed as ``H = Σ_i p_i (m - z_i) - log p_max`` with ``p = softmax(z)``, ``m = max z``:
+    since ``log p_i = z_i - logsumexp(z)`` and ``logsumexp(z) = m - log p_max``. One fused
+    softmax pass (torch's vectorized kernel) instead of a separate exp/log-softmax tensor.
+    """
+    probs = torch.softmax(logits, dim=-1)
+    gap = logits.amax(dim=-1, keepdim=True) - logits  # >= 0
+    return torch.linalg.vecdot(probs, gap) - probs.amax(dim=-1).log()
 
 
 def entropies_from_hidden(

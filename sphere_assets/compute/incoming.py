@@ -15,7 +15,9 @@ changed. Rules:
   must disappear from its old shard); a deleted file affects its old shards;
 * files with unsupported suffixes are reported as ignored, never hashed (ingest would reject the
   whole glob: write files under a dot-name and rename them into place — globs skip dot-files);
-* a different shard count invalidates the stored shards: every file counts as new.
+* a different shard count invalidates the stored shards: every file counts as new;
+* a jsonl/parquet file whose rows cannot be read counts as touching every shard (ingest names
+  the problem; the sensor must not miss a shard meanwhile).
 
 The state is JSON (:func:`dumps_state` / :func:`loads_state`): ``{"v": 1, "n_shards": N,
 "generation": G, "files": {rel: [mtime_ns, size, sha256, [shards]]}}``. ``generation`` grows by
@@ -33,10 +35,9 @@ from dataclasses import dataclass, field
 from sphere_assets.compute.corpus import (
     TEXT_SUFFIXES,
     FieldNames,
-    _jsonl_records,
-    _parquet_records,
     expand_glob,
     glob_root,
+    records_of_file,
     shard_of,
 )
 
@@ -118,11 +119,7 @@ def file_shards(path: str, rel: str, n_shards: int, fields: FieldNames) -> tuple
     suffix = os.path.splitext(path)[1].lower()
     if suffix in TEXT_SUFFIXES:
         return (shard_of(rel, n_shards),)
-    records = (
-        _jsonl_records(path, rel, fields)
-        if suffix == ".jsonl"
-        else _parquet_records(path, rel, fields)
-    )
+    records = records_of_file(path, rel, fields)
     shards = set()
     for rec in records:
         key = rec.article_id if rec.article_id not in (None, "") else rec.locator
@@ -163,7 +160,12 @@ def scan(
         if old is not None and old.sha256 == digest:
             current[rel] = FileState(st.st_mtime_ns, st.st_size, digest, old.shards)
             continue
-        shards = file_shards(path, rel, n_shards, fields)
+        try:
+            shards = file_shards(path, rel, n_shards, fields)
+        except (OSError, ValueError, KeyError):
+            # unreadable rows (bad parquet, missing column): ingest will report it; until then
+            # assume the file touches every shard rather than miss one
+            shards = tuple(range(n_shards))
         current[rel] = FileState(st.st_mtime_ns, st.st_size, digest, shards)
         (changed if old is not None else new).append(rel)
         for s in set(shards) | set(old.shards if old else ()):

@@ -10,7 +10,6 @@ fine as long as it offers the requested platform (checked, not assumed).
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -59,8 +58,10 @@ def select_device(platform: str, device_index: int):
 class JaxDeviceResource(dg.ConfigurableResource):
     """Which accelerator JAX computations run on (cpu | gpu | tpu | auto)."""
 
-    platform: Literal["cpu", "gpu", "tpu", "auto"] = Field(
-        default="cpu", description="JAX platform; 'auto' takes JAX's default backend."
+    # str, not Literal: an EnvVar placeholder must pass pydantic at load; configure_jax validates.
+    platform: str = Field(
+        default="cpu",
+        description="JAX platform: cpu | gpu | tpu | auto ('auto' takes JAX's default backend).",
     )
     device_index: int = Field(default=0, description="Index into the platform's devices.")
     enable_x64: bool = Field(

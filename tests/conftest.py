@@ -7,6 +7,7 @@ import pytest
 
 from sphere_assets.catalog import DuckDBCatalogResource
 from sphere_resources.corpus import CorpusSourceResource
+from sphere_resources.hllset import HllSetResource
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.warehouse import WarehouseResource
@@ -30,6 +31,7 @@ def resources(tmp_path, warehouse):
         "corpus": CorpusSourceResource(kind="bundled"),
         "jax": JaxDeviceResource(platform="cpu"),
         "postgres": PostgresResource(url=""),
+        "hll": HllSetResource(),
     }
 
 

@@ -57,3 +57,8 @@ def test_postgres_down_names_host_and_database_without_password():
     with pytest.raises(PostgresUnavailable, match="SPHERE_POSTGRES_URL"):
         with PostgresResource(url="").connection():
             pass
+
+
+def test_jax_platform_typo_is_a_clear_error():
+    with pytest.raises(JaxDeviceError, match="'cpux' is not one of"):
+        JaxDeviceResource(platform="cpux").device()

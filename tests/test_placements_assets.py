@@ -32,7 +32,9 @@ def write_embeddings(store, key: str, n_articles: int, seed: int, dim: int = 16,
     lens = rng.integers(20, 160, n_articles)
     ids = [f"art-{key}-{a}" for a in range(n_articles)]
     article_index = np.repeat(np.arange(n_articles, dtype=np.int32), lens)
-    patch_index = np.concatenate([np.arange(m, dtype=np.int32) for m in lens])
+    patch_index = np.concatenate(
+        [np.zeros(0, np.int32), *(np.arange(m, dtype=np.int32) for m in lens)]
+    )
     p = int(lens.sum())
     centres = rng.standard_normal((6, dim)).astype(np.float32)
     emb = centres[rng.integers(0, 6, p)] + 0.3 * rng.standard_normal((p, dim)).astype(np.float32)
@@ -168,6 +170,20 @@ def test_lateral_partition_files_checks_and_determinism(resources, upstream):
         ("1", upstream["1"][0].shape[0]),
     ]
     assert all(1.0 <= lo and hi <= 2.0 for _, _, lo, hi in got)
+    # and through the catalog view of the registered definitions
+    from sphere_assets.definitions import duckdb_catalog
+
+    res = dg.materialize(
+        [placements.shell_placements, duckdb_catalog], selection=[duckdb_catalog],
+        resources=resources,
+    )  # fmt: skip
+    assert res.success
+    con = duckdb.connect(resources["catalog"].path, read_only=True)
+    view = con.execute(
+        "select count(*), count(distinct shard), max(shell) from shell_placements"
+    ).fetchone()
+    con.close()
+    assert view == (n + upstream["1"][0].shape[0], 2, 15)
 
     # same inputs + seed -> byte-identical partition
     before = {p.name: p.read_bytes() for p in part.iterdir()}
@@ -226,3 +242,15 @@ def test_checks_fail_on_a_tampered_partition(resources, upstream):
         w.write_table(table)
     problems, _ = placements.coordinate_problems(store, ["0"])
     assert any("rows but" in p for p in problems) and any("r outside" in p for p in problems)
+
+
+def test_empty_shard_materializes_and_passes_checks(resources, upstream):
+    store = resources["warehouse"].store()
+    write_embeddings(store, "3", 0, seed=3)
+    res = materialize(resources, "3")
+    assert res.success
+    table = store.read_table("shell_placements", "3")
+    assert table.num_rows == 0 and table.schema.names == SHELL_PLACEMENTS_SCHEMA.names
+    coords, _ = store.read_tensors("shell_placements", "3", "coordinates")
+    assert coords["xyz"].shape == (0, 3)
+    assert all(e.passed for e in res.get_asset_check_evaluations())

@@ -59,18 +59,19 @@ the energy trace), one ``InteractionGroup`` (head = tail = every node) whose int
 carries the per-point parameters and the sparse kNN index lists, a ``FactorSamplingProgram``,
 and ``sample_with_observation`` (the scans, key splitting, state gathering, sampler state)
 with an ``AbstractObserver`` that records the energy terms. The kNN lists travel as an [N, k]
-index array rather than as N*k head/tail node pairs because thrml compiles interaction groups
-with per-edge Python work (~20 s for 1M edges on 2 cores). thrml ships only discrete samplers
-(Bernoulli/softmax); the continuous Langevin update is our ``AbstractConditionalSampler``
-subclass (:class:`LangevinSampler`); the kNN search and the SH density field are plain
-JAX/numpy.
+index array rather than as N*k head/tail node pairs because thrml compiles interaction
+groups with per-edge Python work (10-11 s for 1M edges on the shared 2 cores). thrml ships
+only discrete samplers (Bernoulli/softmax); the continuous Langevin update is our
+``AbstractConditionalSampler`` subclass (:class:`LangevinSampler`); the kNN search and the
+SH density field are plain JAX/numpy.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import equinox as eqx
@@ -309,7 +310,7 @@ def particle_interactions(nodes: thrml.Block, target_r, shell, neighbour, weight
     """The sparse interaction lists as one thrml InteractionGroup.
 
     One N-row group instead of an (N*k)-row head/tail group per kNN edge: thrml compiles
-    interaction groups with per-edge Python work, which took ~20 s for N*k = 1M edges.
+    interaction groups with per-edge Python work, which took 10-11 s for N*k = 1M edges.
     """
     params = ParticleParams(
         jnp.asarray(target_r, jnp.float32),
@@ -601,16 +602,20 @@ def place_thrml(
     """THRML Langevin placement; returns a :class:`waterfill.Placement` with energy stats."""
     t0 = time.perf_counter()
     wcfg = config.waterfill
-    lateral = wf.place(
-        embeddings, prominence, config=wcfg, basis=basis, row_keys=row_keys, device=device
-    )
-    n = lateral.shell.size
-    if n == 0:
+    emb = np.asarray(embeddings)
+    if emb.ndim == 2 and emb.shape[0] == 0:
+        lateral = wf.place(emb, prominence, config=wcfg, basis=basis, row_keys=row_keys)
         lateral.stats.update(method="thrml", energy_trace=[], energy_decreased=True)
         return lateral
-    emb = np.asarray(embeddings)
-    with threadpool_limits(wcfg.blas_threads, "blas") if wcfg.blas_threads else _null():
+    wf.check_shapes(emb, prominence, row_keys)
+    if basis is not None and basis.L != wcfg.band_limit:
+        wcfg = replace(wcfg, band_limit=basis.L)
+    blas = threadpool_limits(wcfg.blas_threads, "blas") if wcfg.blas_threads else nullcontext()
+    with blas, jax.default_device(device) if device is not None else nullcontext():
+        # one validation + feature pass feeds both the water-filling and the Langevin start
         prep = wf.prepare_inputs(emb, prominence, wcfg, row_keys)
+        lateral = wf.place_prepared(prep, wcfg, basis, None, device, t0)
+        n = lateral.shell.size
         level = wf.score_level(prep.score)
         t_knn = time.perf_counter()
         unit_emb = np.empty(emb.shape, np.float32)
@@ -625,8 +630,7 @@ def place_thrml(
     r_lo, r_hi = float(radii.min()), float(radii.max())
     r0 = r_lo + (r_hi - r_lo) * level
     field_basis = wf.cached_basis(config.band_limit)
-    ctx = jax.default_device(device) if device is not None else _null()
-    with ctx:
+    with jax.default_device(device) if device is not None else nullcontext():
         model = build_model(
             radii[lateral.shell],
             lateral.shell,
@@ -698,11 +702,3 @@ def place_thrml(
         counts=counts,
         stats=stats,
     )
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

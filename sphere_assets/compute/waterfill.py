@@ -818,7 +818,7 @@ def place(
     blas = threadpool_limits(config.blas_threads, "blas") if config.blas_threads else nullcontext()
     with blas, jax.default_device(device) if device is not None else nullcontext():
         prep = prepare_inputs(emb, prominence, config, row_keys)
-        return _place_prepared(prep, config, basis, initial_shell, device, t0, devices)
+        return place_prepared(prep, config, basis, initial_shell, device, t0, devices)
 
 
 def _point_shardings(devices, n_pad: int):
@@ -831,9 +831,17 @@ def _point_shardings(devices, n_pad: int):
     return NamedSharding(mesh, PartitionSpec("points")), NamedSharding(mesh, PartitionSpec())
 
 
-def _place_prepared(
-    prep: PreparedInputs, config, basis, initial_shell, device, t0, devices=None
+def place_prepared(
+    prep: PreparedInputs,
+    config: WaterfillConfig,
+    basis: sht.ShBasis | None = None,
+    initial_shell: np.ndarray | None = None,
+    device=None,
+    t0: float | None = None,
+    devices: Sequence | None = None,
 ) -> Placement:
+    """:func:`place` on already prepared inputs (one feature pass shared with other callers)."""
+    t0 = time.perf_counter() if t0 is None else t0
     n = prep.score.size
     t_features = time.perf_counter() - t0
     radii, targets = shell_targets(n, config)

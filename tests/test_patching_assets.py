@@ -311,3 +311,34 @@ def test_config_validation():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             em.resolve_device("cuda")
+
+
+def test_empty_shard_gives_empty_partitions_and_passing_checks(pipeline):
+    """A shard without articles: zero patch rows, empty tensors, v3 with 0 bytes, checks pass.
+
+    Runs last: it empties raw_articles shard 3, which changes the corpus the model trains on."""
+    resources, root, _ = pipeline
+    store = resources["warehouse"].store()
+    from sphere_assets.contracts import RAW_ARTICLES_SCHEMA
+
+    with store.partition_writer("raw_articles", "3") as writer:
+        writer.write_table(RAW_ARTICLES_SCHEMA.empty_table())
+    res = run(
+        resources,
+        dg.AssetSelection.assets(patching.blt_patches)
+        | dg.AssetSelection.checks_for_assets(patching.blt_patches),
+        "3",
+    )
+    assert all(e.passed for e in checks_of(res).values())
+    assert store.read_table("blt_patches", "3").num_rows == 0
+    res = run(
+        resources,
+        dg.AssetSelection.assets(patching.patch_embeddings)
+        | dg.AssetSelection.checks_for_assets(patching.patch_embeddings),
+        "3",
+    )
+    assert checks_of(res)["patch_embeddings_consistent"].passed
+    arrays, _ = store.read_tensors("patch_embeddings", "3", "embeddings")
+    assert arrays["embeddings"].shape == (0, 32)
+    v3, meta = store.read_tensors("patch_embeddings", "3", "blt_v3")
+    assert v3["bytes"].size == 0 and meta["num_patches"] == "0"

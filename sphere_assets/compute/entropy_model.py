@@ -13,12 +13,17 @@ Architecture (pre-norm decoder, Llama style; weight names follow BLT's ``LMTrans
     ``n = RMSNorm(h)``, then ``h += W2·(silu(W1·m) * W3·m)`` with ``m = RMSNorm(h)`` (SwiGLU);
     ``logits = W_out · RMSNorm(h_L)`` with an untied output head.
     ``RMSNorm(x) = x / sqrt(mean(x²) + eps) * g``.
-    RoPE rotates channel pairs ``(x_2i, x_2i+1)`` of each head by ``pos · theta^(-2i/d_head)``.
+    RoPE rotates channel pairs ``(x_i, x_{i+d/2})`` of each head by ``pos · theta^(-2i/d_head)``
+    (rotate-half pairing; BLT pairs interleaved channels, see :func:`apply_rope`).
     Attention is causal and limited to a sliding window: query ``t`` sees keys ``s`` with
-    ``t - window < s <= t`` (``window`` keys including itself). With ``n_layers`` layers the
-    receptive field of a position is ``n_layers·(window-1)`` earlier tokens
-    (:func:`receptive_field`); chunked inference in ``patcher.py`` overlaps chunks by that much so
-    it reproduces a full-sequence forward pass.
+    ``t - window < s <= t`` (``window`` keys including itself), computed block-locally in
+    O(T·window) (:func:`windowed_causal_attention`). With ``n_layers`` layers the receptive
+    field of a position is ``n_layers·(window-1)`` earlier tokens (:func:`receptive_field`);
+    chunked inference (:func:`iter_hidden_chunks`) overlaps chunks by at least that much, so it
+    reproduces a full-sequence forward pass in O(chunk) memory.
+    The tiny default (dim 64, 2 layers, 2 heads, window 32, SwiGLU hidden 192: 140k params)
+    trains in ~40-55 s on one core of this machine and reaches ~2.26 bits/byte on the bundled
+    corpus (unigram baseline 4.72).
     :meth:`ByteEntropyModel.forward` returns the logits AND the pre-norm hidden states ``h_L``
     (the input of the final norm), which ``patch_embeddings.py`` pools.
 
@@ -27,6 +32,7 @@ Training (:func:`train_entropy_model`)
     (:func:`sample_training_bytes`), AdamW (decoupled weight decay on matrices only), linear
     warmup then cosine decay to ``min_lr_ratio·lr``, global grad-norm clipping, fixed seed,
     ``torch.set_num_threads`` and deterministic algorithms inside the call (restored afterwards).
+    Same sample + config + thread count -> bit-identical weights.
 
 Metrics
     held-out bits/byte ``= Σ_t -log2 p(x_{t+1} | x_{≤t}) / #bytes`` over byte targets only, with
@@ -681,13 +687,14 @@ def iter_hidden_chunks(
         raise ValueError(f"chunk_size must be >= 1 and context >= 0, got {chunk}, {ctx}")
     device = next(model.parameters()).device
     total = len(tokens)
-    with torch.inference_mode():
-        for start in range(0, total, chunk):
-            lo = max(0, start - ctx)
-            stop = min(total, start + chunk)
-            window = torch.from_numpy(np.ascontiguousarray(tokens[lo:stop], dtype=np.int64))
+    for start in range(0, total, chunk):
+        lo = max(0, start - ctx)
+        stop = min(total, start + chunk)
+        window = torch.from_numpy(np.ascontiguousarray(tokens[lo:stop], dtype=np.int64))
+        # inference mode only around the forward: a suspended generator must not leave it on
+        with torch.inference_mode():
             hidden = model.trunk(window.to(device)[None])
-            yield start, hidden[0, start - lo :]
+        yield start, hidden[0, start - lo :]
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -23,12 +23,11 @@ import pytest
 from sphere_assets import ingest, publish
 from sphere_assets.compute import pg_publish
 from sphere_assets.compute.synthetic_catalog import (
-    PROVISIONAL_PLACEMENTS_SCHEMA,
     write_synthetic_embeddings,
     write_synthetic_patches,
     write_synthetic_placements,
 )
-from sphere_assets.contracts import CONTRACTS, AssetContract
+from sphere_assets.contracts import CONTRACTS
 from sphere_assets.partitions import shard_keys
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.postgres import PostgresResource
@@ -51,15 +50,8 @@ def catalog_url(postgres_url):
 
 @pytest.fixture(scope="module")
 def placements_contract():
-    """shell_placements' contract; provisional (issue 6's columns) until that asset registers it."""
-    with pytest.MonkeyPatch.context() as mp:
-        if "shell_placements" not in CONTRACTS:
-            mp.setitem(
-                CONTRACTS,
-                "shell_placements",
-                AssetContract("shell_placements", "shard", PROVISIONAL_PLACEMENTS_SCHEMA),
-            )
-        yield CONTRACTS["shell_placements"]
+    """shell_placements' registered contract (the synthetic writer follows its schema)."""
+    return CONTRACTS["shell_placements"]
 
 
 @pytest.fixture(scope="module")

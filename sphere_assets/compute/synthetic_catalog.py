@@ -103,26 +103,6 @@ def write_synthetic_embeddings(store, shard: str, dim: int = 16, seed: int = 0) 
     return len(ids)
 
 
-# The Parquet columns issue 6 specifies for shell_placements; used only while that asset's
-# contract is not registered yet (tests register it provisionally).
-PROVISIONAL_PLACEMENTS_SCHEMA = pa.schema(
-    [
-        pa.field("article_id", pa.string(), nullable=False),
-        pa.field("patch_index", pa.int32(), nullable=False),
-        pa.field("shell", pa.int32(), nullable=False),
-        pa.field("r", pa.float32(), nullable=False),
-        pa.field("theta", pa.float32(), nullable=False),
-        pa.field("phi", pa.float32(), nullable=False),
-        pa.field("x", pa.float32(), nullable=False),
-        pa.field("y", pa.float32(), nullable=False),
-        pa.field("z", pa.float32(), nullable=False),
-        pa.field("prominence", pa.float32(), nullable=False),
-        pa.field("promotions", pa.int32(), nullable=False),
-        pa.field("lateral_moves", pa.int32(), nullable=False),
-    ]
-)
-
-
 def write_synthetic_placements(store, shard: str, n_shells: int = 16, seed: int = 0) -> int:
     """shell_placements for ``shard`` (one row per stored blt_patches row) in whatever schema the
     registered contract has: keys from blt_patches, ``shell`` uniform in [0, n_shells), ``r`` the

@@ -34,7 +34,8 @@ ui: setup
 	$(BIN)/dagster dev -w workspace.yaml
 
 bench: setup
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf data/warehouse data/sphere.duckdb data/dagster_home

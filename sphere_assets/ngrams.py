@@ -43,7 +43,7 @@ from sphere_assets.contracts import (
     ContractError,
 )
 from sphere_assets.metadata import preview_markdown, standard_metadata
-from sphere_assets.partitions import shard_partitions
+from sphere_assets.partitions import partitions_in_scope, shard_partitions
 from sphere_resources.hllset import HllSetResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
 
@@ -148,13 +148,6 @@ def _shards_on_disk(store: Warehouse, asset: str, log=None) -> tuple[list[str], 
     return present, missing
 
 
-def _partition_scope(context, store: Warehouse, asset: str) -> list[str]:
-    """Partitions a check looks at: the run's partitions, else every one on disk."""
-    if context.has_partition_key or context.has_partition_key_range:
-        return list(context.partition_keys)
-    return store.partitions(asset)
-
-
 # ---------------------------------------------------------------------------------------------
 # ngram_index (shard)
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +246,7 @@ def ngram_index_consistent(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hll: HllSetResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store, INDEX)
+    keys = partitions_in_scope(context, store, INDEX)
     problems: list[str] = []
     for key in keys:
         rows = store.read_table(INDEX, key)
@@ -611,7 +604,7 @@ def article_hllsets_consistent(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store, HLLSETS)
+    keys = partitions_in_scope(context, store, HLLSETS)
     problems: list[str] = []
     checked = 0
     for key in keys:
@@ -795,7 +788,7 @@ def adjacency_csr_valid(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store, ADJACENCY)
+    keys = partitions_in_scope(context, store, ADJACENCY)
     problems: list[str] = []
     for key in keys:
         graph = load_adjacency(store, ADJACENCY, key)

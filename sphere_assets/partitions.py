@@ -27,3 +27,10 @@ def shard_keys(n: int | None = None) -> list[str]:
 
 shard_partitions = dg.StaticPartitionsDefinition(shard_keys())
 band_limit_partitions = dg.StaticPartitionsDefinition(list(BAND_LIMITS))
+
+
+def partitions_in_scope(context, store, asset: str) -> list[str]:
+    """Partitions an asset check looks at: its run's partitions, else every one on disk."""
+    if context.has_partition_key or context.has_partition_key_range:
+        return list(context.partition_keys)
+    return store.partitions(asset)

@@ -43,7 +43,7 @@ from sphere_assets.contracts import (
 )
 from sphere_assets.jobs import HEAVY_POOL
 from sphere_assets.metadata import figure_markdown, new_figure, preview_markdown, standard_metadata
-from sphere_assets.partitions import shard_partitions
+from sphere_assets.partitions import partitions_in_scope, shard_partitions
 from sphere_resources.warehouse import Warehouse, WarehouseResource
 
 MODEL_ASSET = "entropy_model"
@@ -107,13 +107,6 @@ def load_heldout_segments(store: Warehouse) -> list[np.ndarray]:
             MODEL_ASSET, None, f"{HELDOUT_STEM}.lengths", "segment lengths do not sum to entropies"
         )
     return [arrays["entropies"][a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _partition_scope(context, store: Warehouse, asset: str) -> list[str]:
-    """Partitions a check looks at: the run's partitions, else every one on disk."""
-    if context.has_partition_key or context.has_partition_key_range:
-        return list(context.partition_keys)
-    return store.partitions(asset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +508,7 @@ def blt_patches_reassemble(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store, PATCHES_ASSET)
+    keys = partitions_in_scope(context, store, PATCHES_ASSET)
     problems: list[str] = []
     articles = patches = 0
     for key in keys:
@@ -768,7 +761,7 @@ def patch_embeddings_consistent(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store, EMBEDDINGS_ASSET)
+    keys = partitions_in_scope(context, store, EMBEDDINGS_ASSET)
     problems: list[str] = []
     total = 0
     for key in keys:

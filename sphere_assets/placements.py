@@ -38,7 +38,7 @@ from sphere_assets.contracts import (
 )
 from sphere_assets.jobs import HEAVY_POOL
 from sphere_assets.metadata import figure_markdown, new_figure, preview_markdown, standard_metadata
-from sphere_assets.partitions import BAND_LIMITS, shard_keys, shard_partitions
+from sphere_assets.partitions import BAND_LIMITS, partitions_in_scope, shard_keys, shard_partitions
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
 
@@ -418,12 +418,6 @@ def shell_placements(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _partition_scope(context, store: Warehouse) -> list[str]:
-    if context.has_partition_key or context.has_partition_key_range:
-        return list(context.partition_keys)
-    return store.partitions(ASSET)
-
-
 def _shell_model(store: Warehouse, key: str) -> dict[str, str]:
     _, meta = store.read_tensors(ASSET, key, COORD_STEM)
     if meta.get("format") != FORMAT:
@@ -500,7 +494,7 @@ def shell_placements_balanced(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store)
+    keys = partitions_in_scope(context, store, ASSET)
     problems, worst = balance_problems(store, keys)
     return dg.AssetCheckResult(
         passed=bool(keys) and not problems,
@@ -524,7 +518,7 @@ def shell_placements_coordinates_valid(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = _partition_scope(context, store)
+    keys = partitions_in_scope(context, store, ASSET)
     problems, rows = coordinate_problems(store, keys)
     return dg.AssetCheckResult(
         passed=bool(keys) and not problems,

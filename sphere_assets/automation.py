@@ -38,7 +38,8 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
-from sphere_assets.contracts import CONTRACTS, column_schema_metadata
+from sphere_assets.contracts import CONTRACTS
+from sphere_assets.metadata import table_schema
 
 AUTOMATION_SENSOR_NAME = "sphere_automation"
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
@@ -95,12 +96,7 @@ def contract_column_schema(asset_name: str) -> dg.TableSchema | None:
     contract = CONTRACTS.get(asset_name)
     if contract is None:
         return None
-    columns = []
-    if contract.schema is not None:
-        columns += [
-            dg.TableColumn(name, type_, description=desc or None)
-            for name, type_, desc in column_schema_metadata(contract.schema)
-        ]
+    columns = list(table_schema(contract.schema).columns) if contract.schema is not None else []
     for stem, specs in sorted(contract.tensors.items()):
         for name, spec in specs.items():
             shape = ", ".join(str(s) for s in spec.shape)

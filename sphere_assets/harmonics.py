@@ -16,7 +16,7 @@ import pyarrow as pa
 from sphere_assets.compute import sht
 from sphere_assets.contracts import SH_BASIS_COLUMN_DOCS, SH_BASIS_SCHEMA, ContractError
 from sphere_assets.jobs import HEAVY_POOL
-from sphere_assets.metadata import standard_metadata
+from sphere_assets.metadata import standard_metadata, table_schema
 from sphere_assets.partitions import band_limit_partitions
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
@@ -80,11 +80,7 @@ def round_trip_error(basis: sht.ShBasis, device) -> tuple[float, float]:
     backfill_policy=dg.BackfillPolicy.single_run(),
     owners=["team:sphere"],
     tags={"family": "harmonics"},
-    metadata={
-        "dagster/column_schema": standard_metadata(SH_BASIS_SCHEMA, 0, SH_BASIS_COLUMN_DOCS)[
-            "dagster/column_schema"
-        ]
-    },
+    metadata={"dagster/column_schema": table_schema(SH_BASIS_SCHEMA, SH_BASIS_COLUMN_DOCS)},
     description=(
         "Real spherical-harmonic basis for band limit L (partition key): equiangular 2L x 2L "
         "grid (no poles), exact Fejer-1 quadrature weights and the orthonormal associated "

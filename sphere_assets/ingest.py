@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from sphere_assets.compute.corpus import REJECT_REASONS, ProgressMeter, rows_to_table, write_shards
 from sphere_assets.contracts import RAW_ARTICLES_COLUMN_DOCS, RAW_ARTICLES_SCHEMA
-from sphere_assets.metadata import preview_markdown, standard_metadata
+from sphere_assets.metadata import preview_markdown, standard_metadata, table_schema
 from sphere_assets.partitions import shard_partitions
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.warehouse import WarehouseResource
@@ -23,11 +23,7 @@ ASSET = "raw_articles"
     kinds={"python", "parquet"},
     owners=["team:sphere"],
     tags={"family": "ingest"},
-    metadata={
-        "dagster/column_schema": standard_metadata(
-            RAW_ARTICLES_SCHEMA, 0, RAW_ARTICLES_COLUMN_DOCS
-        )["dagster/column_schema"]
-    },
+    metadata={"dagster/column_schema": table_schema(RAW_ARTICLES_SCHEMA, RAW_ARTICLES_COLUMN_DOCS)},
     description=(
         "Articles (id, title, text, source, n_bytes, url) from the corpus source, one Parquet file per "
         "shard; shard = mmh3 x64 of article_id mod SPHERE_SHARDS. Duplicates by id and bad records "

@@ -42,7 +42,7 @@ from sphere_assets.contracts import (
     NGRAM_INDEX_SCHEMA,
     ContractError,
 )
-from sphere_assets.metadata import preview_markdown, standard_metadata
+from sphere_assets.metadata import preview_markdown, standard_metadata, table_schema
 from sphere_assets.partitions import partitions_in_scope, shard_partitions
 from sphere_resources.hllset import HllSetResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
@@ -185,11 +185,7 @@ def build_ngram_index(store: Warehouse, shard: str, p: int) -> dict:
     backfill_policy=dg.BackfillPolicy.single_run(),
     owners=["team:sphere"],
     tags={"family": "ngrams"},
-    metadata={
-        "dagster/column_schema": standard_metadata(NGRAM_INDEX_SCHEMA, 0, NGRAM_INDEX_COLUMN_DOCS)[
-            "dagster/column_schema"
-        ]
-    },
+    metadata={"dagster/column_schema": table_schema(NGRAM_INDEX_SCHEMA, NGRAM_INDEX_COLUMN_DOCS)},
     description=(
         "Distinct patch 1-, 2- and 3-grams of each blt_patches shard (sequences padded with "
         "_START_/_END_, parts joined by 0x00) with mmh3 x64 hash, HLLSet register/run for P and "
@@ -310,11 +306,7 @@ def lookup_tensors(rows: pa.Table, p: int) -> dict[str, np.ndarray]:
     kinds={"numpy", "parquet", "safetensors"},
     owners=["team:sphere"],
     tags={"family": "ngrams"},
-    metadata={
-        "dagster/column_schema": standard_metadata(NGRAM_INDEX_SCHEMA, 0, NGRAM_INDEX_COLUMN_DOCS)[
-            "dagster/column_schema"
-        ]
-    },
+    metadata={"dagster/column_schema": table_schema(NGRAM_INDEX_SCHEMA, NGRAM_INDEX_COLUMN_DOCS)},
     description=(
         "Global n-gram vocabulary: every ngram_index shard merged by key bytes (counts added; "
         "associative and commutative), rows in canonical byte order, plus lookup.safetensors: "
@@ -553,9 +545,7 @@ def build_article_hllsets(store: Warehouse, shard: str, p: int, span: int) -> di
     owners=["team:sphere"],
     tags={"family": "ngrams"},
     metadata={
-        "dagster/column_schema": standard_metadata(
-            ARTICLE_HLLSETS_SCHEMA, 0, ARTICLE_HLLSETS_COLUMN_DOCS
-        )["dagster/column_schema"]
+        "dagster/column_schema": table_schema(ARTICLE_HLLSETS_SCHEMA, ARTICLE_HLLSETS_COLUMN_DOCS)
     },
     description=(
         "HLLSet of every article (span_index -1) and of every span of span_patches patches "
@@ -708,9 +698,7 @@ def adjacency_summary(graph: adj.Adjacency) -> dict:
     owners=["team:sphere"],
     tags={"family": "ngrams"},
     metadata={
-        "dagster/column_schema": standard_metadata(
-            ADJACENCY_NODES_SCHEMA, 0, ADJACENCY_NODES_COLUMN_DOCS
-        )["dagster/column_schema"]
+        "dagster/column_schema": table_schema(ADJACENCY_NODES_SCHEMA, ADJACENCY_NODES_COLUMN_DOCS)
     },
     description=(
         "De Bruijn patch graph of a shard: nodes = 2-grams (node table, Parquet), edges = "
@@ -818,9 +806,7 @@ def adjacency_csr_valid(
     owners=["team:sphere"],
     tags={"family": "ngrams"},
     metadata={
-        "dagster/column_schema": standard_metadata(
-            ADJACENCY_NODES_SCHEMA, 0, ADJACENCY_NODES_COLUMN_DOCS
-        )["dagster/column_schema"]
+        "dagster/column_schema": table_schema(ADJACENCY_NODES_SCHEMA, ADJACENCY_NODES_COLUMN_DOCS)
     },
     description=(
         "All shard adjacencies merged: node F2 and edge F3 of equal byte keys added, weights "

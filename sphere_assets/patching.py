@@ -42,7 +42,13 @@ from sphere_assets.contracts import (
     ContractError,
 )
 from sphere_assets.jobs import HEAVY_POOL
-from sphere_assets.metadata import figure_markdown, new_figure, preview_markdown, standard_metadata
+from sphere_assets.metadata import (
+    figure_markdown,
+    new_figure,
+    preview_markdown,
+    standard_metadata,
+    table_schema,
+)
 from sphere_assets.partitions import partitions_in_scope, shard_partitions
 from sphere_resources.warehouse import Warehouse, WarehouseResource
 
@@ -56,10 +62,6 @@ EMBEDDINGS_STEM = "embeddings"
 BLT_V3_STEM = "blt_v3"
 ROWS_PER_WRITE = 200_000  # patches buffered before a Parquet row group is written
 MEAN_SIZE_TOLERANCE = 0.10
-
-
-def _column_schema(schema, docs):
-    return standard_metadata(schema, 0, docs)["dagster/column_schema"]
 
 
 def _json_md(obj) -> dg.MetadataValue:
@@ -171,7 +173,7 @@ def entropy_model_row(report: em.TrainingReport, config, sha: str, sample, devic
     owners=["team:sphere"],
     tags={"family": "patching"},
     metadata={
-        "dagster/column_schema": _column_schema(ENTROPY_MODEL_SCHEMA, ENTROPY_MODEL_COLUMN_DOCS)
+        "dagster/column_schema": table_schema(ENTROPY_MODEL_SCHEMA, ENTROPY_MODEL_COLUMN_DOCS)
     },
     description=(
         "Small causal byte LM of the BLT entropy-model family (260-token byte vocabulary, "
@@ -409,7 +411,7 @@ def patch_shard(
     pool=HEAVY_POOL,
     owners=["team:sphere"],
     tags={"family": "patching"},
-    metadata={"dagster/column_schema": _column_schema(BLT_PATCHES_SCHEMA, BLT_PATCHES_COLUMN_DOCS)},
+    metadata={"dagster/column_schema": table_schema(BLT_PATCHES_SCHEMA, BLT_PATCHES_COLUMN_DOCS)},
     check_specs=[
         dg.AssetCheckSpec(
             "mean_patch_size_near_target",
@@ -621,9 +623,7 @@ def iter_article_patches(
     owners=["team:sphere"],
     tags={"family": "patching"},
     metadata={
-        "dagster/column_schema": _column_schema(
-            PATCH_EMBEDDINGS_SCHEMA, PATCH_EMBEDDINGS_COLUMN_DOCS
-        )
+        "dagster/column_schema": table_schema(PATCH_EMBEDDINGS_SCHEMA, PATCH_EMBEDDINGS_COLUMN_DOCS)
     },
     description=(
         "One vector per blt_patches row: the mean of the entropy model's pre-norm hidden states "

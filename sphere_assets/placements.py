@@ -37,7 +37,13 @@ from sphere_assets.contracts import (
     ContractError,
 )
 from sphere_assets.jobs import HEAVY_POOL
-from sphere_assets.metadata import figure_markdown, new_figure, preview_markdown, standard_metadata
+from sphere_assets.metadata import (
+    figure_markdown,
+    new_figure,
+    preview_markdown,
+    standard_metadata,
+    table_schema,
+)
 from sphere_assets.partitions import BAND_LIMITS, partitions_in_scope, shard_keys, shard_partitions
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
@@ -314,9 +320,7 @@ def mollweide_figure(p: wf.Placement, sample: int):
     owners=["team:sphere"],
     tags={"family": "placements"},
     metadata={
-        "dagster/column_schema": standard_metadata(
-            SHELL_PLACEMENTS_SCHEMA, 0, SHELL_PLACEMENTS_COLUMN_DOCS
-        )["dagster/column_schema"]
+        "dagster/column_schema": table_schema(SHELL_PLACEMENTS_SCHEMA, SHELL_PLACEMENTS_COLUMN_DOCS)
     },
     description=(
         "Water-filled place of every patch embedding on S radial shells (sqrt-spaced radii, "

@@ -2,16 +2,19 @@
 
 Run:  .venv/bin/python bench/restore.py [--warehouse data/warehouse] [--mode random|content]
                                          [--spans 30] [--lengths 16,32,...] [--ps 10,12,14,16]
+                                         [--context-order 6] [--no-length]
 
 Patches: real ``blt_patches`` rows with ``--warehouse`` (when present), otherwise the bundled
 corpus (pydoc_data.topics) cut by the deterministic synthetic patcher (``--mode random``: 1–8
 byte chunks, the default; ``--mode content``: word-like, repetitive).  The output says which.
 
-The whole corpus is ingested once (vocabulary + adjacency, as ``ngram_vocabulary`` and
-``adjacency_merged`` would hold it).  Spans of L consecutive patches are drawn with a fixed seed
+The whole corpus is ingested once (vocabulary, adjacency and the context counts of order
+3..N, as ``ngram_vocabulary`` and ``adjacency_merged`` hold them).  Spans of L consecutive patches are drawn with a fixed seed
 from articles with at least L patches (the same spans for every P); each span's HLLSet is the
 one ``article_hllsets`` stores (the span padded with _START_/_END_) and is restored with
-``restore(k)``.  "Held out" here means spans sampled independently of everything else — restore
+``restore(k, length=L)`` — the span's patch count, which ``article_hllsets`` stores beside
+every HLLSet (``--no-length`` restores without it: trails, each 3-gram edge at most once).
+"Held out" here means spans sampled independently of everything else — restore
 is lookup, so the vocabulary does contain them.
 
 Columns:
@@ -26,6 +29,7 @@ Columns:
 * ms — mean restore latency.
 
 Latency: p50/p95 over many 64-patch spans at each P, with the full vocabulary loaded.
+Ablation: exact@1 at 64 patches, P = 10, with and without the context counts and the length.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._patch_source import load_corpus, warehouse_corpus  # noqa: E402
+from sphere_assets.compute import context_model as cm  # noqa: E402
 from sphere_assets.compute import ngrams as ng  # noqa: E402
 from sphere_assets.compute import restore as rs  # noqa: E402
 
@@ -103,12 +108,24 @@ def true_keys(span: list[bytes]) -> set:
     return {(n, k) for n in ng.ORDERS for k in ref[n]}
 
 
-def evaluate(index, spans, k, beam, rng, uses=1) -> dict:
+def restore_span(index, span, h, k, beam, uses, with_length, use_context=True):
+    return rs.restore(
+        h,
+        index,
+        k=k,
+        beam_width=beam,
+        max_edge_uses=uses,
+        length=len(span) if with_length else None,
+        use_context=use_context,
+    )
+
+
+def evaluate(index, spans, k, beam, rng, uses=None, with_length=True, use_context=True) -> dict:
     ids: dict = {}
     rows = []
     for span in spans:
         h = ng.hllset_of_patches(span, index.p)
-        result = rs.restore(h, index, k=k, beam_width=beam, max_edge_uses=uses)
+        result = restore_span(index, span, h, k, beam, uses, with_length, use_context)
         cands = [c.patches for c in result.candidates]
         top = cands[0] if cands else []
         shuffled = [span[i] for i in rng.permutation(len(span))]
@@ -137,14 +154,14 @@ def evaluate(index, spans, k, beam, rng, uses=1) -> dict:
     return agg
 
 
-def latency(index, spans, k, beam, uses=1) -> tuple[float, float, float]:
+def latency(index, spans, k, beam, uses=None, with_length=True) -> tuple[float, float, float]:
     hlls = [ng.hllset_of_patches(s, index.p) for s in spans]
-    for h in hlls[:3]:
-        rs.restore(h, index, k=k, beam_width=beam, max_edge_uses=uses)  # warm-up
+    for span, h in list(zip(spans, hlls, strict=True))[:3]:
+        restore_span(index, span, h, k, beam, uses, with_length)  # warm-up
     times = []
-    for h in hlls:
+    for span, h in zip(spans, hlls, strict=True):
         t0 = time.perf_counter()
-        rs.restore(h, index, k=k, beam_width=beam, max_edge_uses=uses)
+        restore_span(index, span, h, k, beam, uses, with_length)
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.percentile(times, 50)), float(np.percentile(times, 95)), float(np.max(times))
 
@@ -161,7 +178,19 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=rs.DEFAULT_BEAM_WIDTH)
     ap.add_argument("--seed", type=int, default=20240607)
     ap.add_argument(
-        "--max-uses", type=int, default=1, help="max uses of one edge per path (spec: 1)"
+        "--max-uses",
+        type=int,
+        default=None,
+        help="max uses of one edge per path (default: 1 without a length, unlimited with one)",
+    )
+    ap.add_argument(
+        "--context-order",
+        type=int,
+        default=cm.DEFAULT_MAX_ORDER,
+        help="highest context n-gram order (0 = rank by 3-gram weights only)",
+    )
+    ap.add_argument(
+        "--no-length", action="store_true", help="restore without the span's patch count"
     )
     args = ap.parse_args()
 
@@ -186,10 +215,18 @@ def main() -> None:
         f"# k={args.k} beam={args.beam} max edge uses={args.max_uses} "
         f"spans/cell={args.spans} seed={args.seed}"
     )
+    t0 = time.perf_counter()
+    context = cm.count_patch_contexts(corpus.patches, corpus.offsets, args.context_order)
+    print(
+        f"# context counts, orders 3..{args.context_order}: {context.size:,} entries "
+        f"({time.perf_counter() - t0:.2f}s)"
+    )
+    with_length = not args.no_length
+    print(f"# length hint: {'yes (span patch count)' if with_length else 'no'}")
     indexes = {}
     for p in ps:
         t0 = time.perf_counter()
-        indexes[p] = rs.RestoreIndex.build(table, p)
+        indexes[p] = rs.RestoreIndex.build(table, p, context=context)
         print(f"# restore index P={p} built in {time.perf_counter() - t0:.2f}s")
     print()
     print(
@@ -205,7 +242,7 @@ def main() -> None:
             continue
         for p in ps:
             rng = np.random.default_rng([args.seed, length, p])
-            r = evaluate(indexes[p], spans, args.k, args.beam, rng, args.max_uses)
+            r = evaluate(indexes[p], spans, args.k, args.beam, rng, args.max_uses, with_length)
             print(
                 f"| {length} | {p} | {r['n']} | {r['determined']:.2f} | {r['exact1']:.2f} | "
                 f"{r['exact1_det']:.2f} | {r['exactk']:.2f} | {r['ned1']:.3f} | {r['nedk']:.3f} | "
@@ -223,11 +260,27 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     spans = sample_spans(corpus, 64, args.latency_spans, args.seed + 1)
     for p in ps:
-        p50, p95, worst = latency(indexes[p], spans, args.k, args.beam, args.max_uses)
+        p50, p95, worst = latency(indexes[p], spans, args.k, args.beam, args.max_uses, with_length)
         print(
             f"| full vocabulary | {p} | {len(spans)} | {p50:.2f} | {p95:.2f} | {worst:.2f} |",
             flush=True,
         )
+    if 64 in lengths and 10 in indexes:
+        print("\n| ablation, 64 patches, P=10 | length hint | context | exact@1 | exact@k |")
+        print("|---|---|---|---|---|")
+        spans = sample_spans(corpus, 64, args.spans, args.seed)
+        for use_length in (True, False):
+            for use_context in (True, False):
+                rng = np.random.default_rng([args.seed, 64, 10])
+                r = evaluate(
+                    indexes[10], spans, args.k, args.beam, rng, None, use_length, use_context
+                )
+                print(
+                    f"| | {'yes' if use_length else 'no'} | "
+                    f"{'yes' if use_context and context.size else 'no'} | "
+                    f"{r['exact1']:.2f} | {r['exactk']:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

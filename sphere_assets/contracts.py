@@ -335,6 +335,7 @@ register(
 # <root>/ngram_vocabulary/part-0.parquet + lookup.safetensors   global merge + bit -> rows CSR
 # <root>/article_hllsets/shard=<k>/part-0.parquet      HLLSet per article and per span
 # <root>/adjacency/shard=<k>/part-0.parquet + csr.safetensors   node table + CSR (per shard)
+#   + context.safetensors                                         n-gram context counts (3..N)
 # <root>/adjacency_merged/part-0.parquet + csr.safetensors      the same, merged over shards
 
 NGRAM_INDEX_SCHEMA = pa.schema(
@@ -421,7 +422,13 @@ ADJACENCY_CSR = {
         "indices": TensorSpec("int64", ("n_edges",)),
         "counts": TensorSpec("int64", ("n_edges",)),
         "weights": TensorSpec("float64", ("n_edges",)),
-    }
+    },
+    # patch n-gram counts of order 3..N by context hash (compute/context_model.py): the corpus
+    # memory restore uses to order a span whose n-gram set admits several orderings
+    "context": {
+        "hashes": TensorSpec("uint64", ("n_contexts",)),
+        "counts": TensorSpec("int64", ("n_contexts",)),
+    },
 }
 
 register(

@@ -26,7 +26,7 @@ from sphere_assets import (
 )
 from sphere_assets.contracts import CONTRACTS, DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
 from sphere_resources.corpus import CorpusSourceResource
-from sphere_resources.hllset import DEFAULT_SPAN_PATCHES, HllSetResource
+from sphere_resources.hllset import DEFAULT_MAX_ORDER, DEFAULT_SPAN_PATCHES, HllSetResource
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.warehouse import WarehouseResource
@@ -98,6 +98,7 @@ RESOURCES = {
     "hll": HllSetResource(
         p=env_or("SPHERE_HLL_P", 10, "int"),
         span_patches=env_or("SPHERE_HLL_SPAN", DEFAULT_SPAN_PATCHES, "int"),
+        context_order=env_or("SPHERE_HLL_CONTEXT_ORDER", DEFAULT_MAX_ORDER, "int"),
     ),
 }
 

@@ -15,6 +15,9 @@ the warehouse, calls it, writes, measures and checks.
 * ``adjacency`` (shard) / ``adjacency_merged`` (global): the De Bruijn patch graph (2-gram
   nodes, 3-gram edges) as a node table (Parquet) and CSR (``csr.safetensors``); the merge adds
   counts and recomputes the weights, which makes it equal to one build over the whole corpus.
+  Beside the CSR, ``context.safetensors`` holds the counts of the shard's patch n-grams of
+  order 3..N (``hll.context_order``, :mod:`sphere_assets.compute.context_model`), merged the
+  same way; restore ranks candidate orderings with them.
 
 Settings (P, span length, smoothing α) come from the ``hll`` resource
 (:class:`sphere_resources.hllset.HllSetResource`, env ``SPHERE_HLL_P`` / ``SPHERE_HLL_SPAN``).
@@ -30,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sphere_assets.compute import adjacency as adj
+from sphere_assets.compute import context_model as cm
 from sphere_assets.compute import hllset as hs
 from sphere_assets.compute import ngrams as ng
 from sphere_assets.compute import restore as rs
@@ -55,6 +59,7 @@ ADJACENCY = "adjacency"
 ADJACENCY_MERGED = "adjacency_merged"
 LOOKUP_STEM = "lookup"
 CSR_STEM = "csr"
+CONTEXT_STEM = "context"
 LOOKUP_FORMAT = "sphere.ngram_vocabulary.lookup/v1"
 # bytes of HLLSet words held in memory at once while building article_hllsets
 HLLSET_BATCH_BYTES = 64 << 20
@@ -650,11 +655,33 @@ def article_hllsets_consistent(
 
 
 def write_adjacency(
-    store: Warehouse, asset: str, partition: str | None, graph: adj.Adjacency
+    store: Warehouse,
+    asset: str,
+    partition: str | None,
+    graph: adj.Adjacency,
+    context: cm.ContextCounts,
 ) -> None:
     with store.partition_writer(asset, partition) as writer:
         writer.write_table(graph.node_table())
         writer.write_tensors(CSR_STEM, graph.tensors(), graph.tensor_metadata())
+        writer.write_tensors(CONTEXT_STEM, context.tensors(), context.tensor_metadata())
+
+
+def load_context(store: Warehouse, asset: str, partition: str | None) -> cm.ContextCounts | None:
+    """The context counts of an adjacency partition (None if it was written without them)."""
+    if not (store.partition_dir(asset, partition) / f"{CONTEXT_STEM}.safetensors").exists():
+        return None
+    arrays, meta = store.read_tensors(asset, partition, CONTEXT_STEM)
+    try:
+        return cm.ContextCounts.from_tensors(arrays, meta)
+    except ValueError as exc:
+        raise ContractError(asset, partition, CONTEXT_STEM, str(exc)) from exc
+
+
+def shard_context(store: Warehouse, shard: str, max_order: int) -> cm.ContextCounts:
+    """Context counts of a blt_patches shard's patch sequences."""
+    _, patches, offsets = read_patch_sequences(store, shard)
+    return cm.count_patch_contexts(patches, offsets, max_order)
 
 
 def load_adjacency(store: Warehouse, asset: str, partition: str | None) -> adj.Adjacency:
@@ -690,7 +717,7 @@ def adjacency_summary(graph: adj.Adjacency) -> dict:
 
 
 @dg.asset(
-    deps=[dg.AssetDep(INDEX)],
+    deps=[dg.AssetDep(INDEX), dg.AssetDep(PATCHES)],
     partitions_def=shard_partitions,
     group_name=GROUP,
     kinds={"numpy", "parquet", "safetensors"},
@@ -703,7 +730,8 @@ def adjacency_summary(graph: adj.Adjacency) -> dict:
     description=(
         "De Bruijn patch graph of a shard: nodes = 2-grams (node table, Parquet), edges = "
         "3-grams (a,b)->(b,c) as CSR indptr/indices/counts/weights (csr.safetensors), weight "
-        "ln((F3+alpha)/(F2+alpha*outdeg)), alpha = 0.5 by default."
+        "ln((F3+alpha)/(F2+alpha*outdeg)), alpha = 0.5 by default; context.safetensors: counts "
+        "of the shard's patch n-grams of order 3..N by context hash (restore's ranking model)."
     ),
 )
 def adjacency(
@@ -714,11 +742,14 @@ def adjacency(
     keys = list(context.partition_keys)
     summaries = []
     t0 = time.perf_counter()
+    contexts = 0
     for key in keys:
         rows = store.read_table(INDEX, key, columns=["n", "key", "count"])
         graph = adj.build(table_from_rows(rows), hll.alpha)
-        write_adjacency(store, ADJACENCY, key, graph)
+        context_counts = shard_context(store, key, hll.context_order)
+        write_adjacency(store, ADJACENCY, key, graph, context_counts)
         summaries.append(adjacency_summary(graph))
+        contexts += context_counts.size
     seconds = time.perf_counter() - t0
     return dg.MaterializeResult(
         metadata={
@@ -733,6 +764,7 @@ def adjacency(
             "edges": sum(s["edges"] for s in summaries),
             "branching_nodes": sum(s["branching_nodes"] for s in summaries),
             "max_outdeg": max(s["max_outdeg"] for s in summaries),
+            "context_entries": contexts,
             "seconds": round(seconds, 4),
             "path": dg.MetadataValue.path(str(store.partition_dir(ADJACENCY, keys[0]))),
         }
@@ -822,7 +854,17 @@ def adjacency_merged(
     shards, missing = _shards_on_disk(store, ADJACENCY, context.log)
     t0 = time.perf_counter()
     graph = adj.merge([load_adjacency(store, ADJACENCY, key) for key in shards], hll.alpha)
-    write_adjacency(store, ADJACENCY_MERGED, None, graph)
+    parts = [load_context(store, ADJACENCY, key) for key in shards]
+    stale = [key for key, part in zip(shards, parts, strict=True) if part is None]
+    if stale:
+        raise ContractError(
+            ADJACENCY,
+            ",".join(stale),
+            CONTEXT_STEM,
+            "no context.safetensors (written by an older version): re-materialize adjacency",
+        )
+    context_counts = cm.merge(parts)
+    write_adjacency(store, ADJACENCY_MERGED, None, graph, context_counts)
     summary = adjacency_summary(graph)
     return dg.MaterializeResult(
         metadata={
@@ -831,6 +873,8 @@ def adjacency_merged(
             ),
             **hll.metadata(),
             **summary,
+            "context_entries": context_counts.size,
+            "context_order": context_counts.max_order,
             "shards": ",".join(shards),
             "missing_shards": ",".join(missing) or "-",
             "seconds": round(time.perf_counter() - t0, 4),
@@ -841,11 +885,12 @@ def adjacency_merged(
 
 @dg.asset_check(
     asset=adjacency_merged,
-    additional_deps=[dg.AssetKey(VOCABULARY)],
+    additional_deps=[dg.AssetKey(VOCABULARY), dg.AssetKey(PATCHES)],
     description=(
         "Shard + merge == whole corpus: the merged graph equals the graph built at once from "
-        "ngram_vocabulary's 2-/3-gram counts (nodes, CSR, counts and weights identical), and "
-        "the CSR is well formed."
+        "ngram_vocabulary's 2-/3-gram counts (nodes, CSR, counts and weights identical), the "
+        "merged context counts equal counting every blt_patches sequence at once, and the CSR "
+        "is well formed."
     ),
     blocking=True,
 )
@@ -860,11 +905,23 @@ def adjacency_merged_equals_whole(
     equal = merged.equal(whole)
     if not equal:
         problems.append("merged graph differs from the whole-corpus build")
+    merged_context = load_context(store, ADJACENCY_MERGED, None)
+    sequences = [read_patch_sequences(store, key) for key in store.partitions(PATCHES)]
+    offsets = [np.zeros(1, np.int64)]
+    for _, _, offs in sequences:
+        offsets.append(offs[1:] + offsets[-1][-1])
+    all_patches = pa.concat_arrays([patches for _, patches, _ in sequences])
+    context_equal = merged_context is not None and merged_context.equal(
+        cm.count_patch_contexts(all_patches, np.concatenate(offsets), merged_context.max_order)
+    )
+    if not context_equal:
+        problems.append("merged context counts differ from counting the whole corpus at once")
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
             **adjacency_summary(merged),
             "equal_to_whole_build": equal,
+            "context_equal_to_whole_count": context_equal,
             "problems": "; ".join(problems) or "-",
         },
     )
@@ -898,19 +955,28 @@ def load_vocabulary_table(store: Warehouse) -> ng.NgramTable:
 
 
 def load_restore_index(store: Warehouse, p: int | None = None) -> rs.RestoreIndex:
-    """RestoreIndex from ngram_vocabulary (+ adjacency_merged weights when materialized)."""
+    """RestoreIndex from ngram_vocabulary (+ adjacency_merged weights and context counts when
+    materialized)."""
     table = load_vocabulary_table(store)
     if p is None:
         _, meta = store.read_tensors(VOCABULARY, None, LOOKUP_STEM)
         p = int(meta["p"])
-    graph = None
+    graph = context_counts = None
     if store.exists(ADJACENCY_MERGED, None):
         graph = load_adjacency(store, ADJACENCY_MERGED, None)
-    return rs.RestoreIndex.build(table, p, graph)
+        context_counts = load_context(store, ADJACENCY_MERGED, None)
+    return rs.RestoreIndex.build(table, p, graph, context=context_counts)
 
 
 def load_hllset(store: Warehouse, article_id: str, span_index: int = -1) -> hs.HLLSet:
     """An HLLSet row of article_hllsets (searching every shard on disk)."""
+    return load_stored_span(store, article_id, span_index)[0]
+
+
+def load_stored_span(
+    store: Warehouse, article_id: str, span_index: int = -1
+) -> tuple[hs.HLLSet, int]:
+    """(HLLSet, patch_count) of an article_hllsets row (searching every shard on disk)."""
     for key in store.partitions(HLLSETS):
         table = store.read_table(HLLSETS, key)
         mask = pc.and_(
@@ -920,7 +986,8 @@ def load_hllset(store: Warehouse, article_id: str, span_index: int = -1) -> hs.H
         hit = table.filter(mask)
         if hit.num_rows:
             r = hit.slice(0, 1).to_pylist()[0]
-            return hs.HLLSet.from_layer_bytes([r["layer1"], r["layer2"], r["layer3"]], r["p"])
+            layers = [r["layer1"], r["layer2"], r["layer3"]]
+            return hs.HLLSet.from_layer_bytes(layers, r["p"]), int(r["patch_count"])
     raise KeyError(
         f"article_hllsets has no row for article {article_id!r}, span_index {span_index}"
     )
@@ -931,8 +998,9 @@ def load_hllset(store: Warehouse, article_id: str, span_index: int = -1) -> hs.H
     additional_deps=[dg.AssetKey(VOCABULARY), dg.AssetKey(HLLSETS), dg.AssetKey(PATCHES)],
     description=(
         f"Restore quality on up to {QUALITY_SPANS} stored span HLLSets of <= {QUALITY_MAX_SPAN} "
-        f"patches (every k-th span over all shards): exact@1 >= {QUALITY_TARGET} against the real "
-        "patches, plus exact@k, the round-trip law and p50/p95 latency in the metadata."
+        f"patches (every k-th span over all shards; each restored with its stored patch_count "
+        f"and the context counts of adjacency_merged): exact@1 >= {QUALITY_TARGET} against the "
+        "real patches, plus exact@k, the round-trip law and p50/p95 latency in the metadata."
     ),
     blocking=False,
 )
@@ -984,7 +1052,7 @@ def restore_quality(
             start = int(offsets[position[r["article_id"]]]) + r["patch_start"]
             truth = patches.slice(start, r["patch_count"]).to_pylist()
             h = hs.HLLSet.from_layer_bytes([r["layer1"], r["layer2"], r["layer3"]], r["p"])
-            result = rs.restore(h, index)
+            result = rs.restore(h, index, length=r["patch_count"])
             latencies.append(result.report.latency_ms)
             cands = [c.patches for c in result.candidates]
             n += 1

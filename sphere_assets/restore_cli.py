@@ -8,12 +8,15 @@
                                                entropy_model in the warehouse); without a model
                                                the synthetic content patcher is used and the
                                                output says so
-Options: --k 5 --beam 16 --max-uses 1 --warehouse DIR (default $SPHERE_WAREHOUSE or
-data/warehouse) --json
+Options: --k 5 --beam 16 --length N --max-uses U --no-context --warehouse DIR (default
+$SPHERE_WAREHOUSE or data/warehouse) --json
 
-The vocabulary (ngram_vocabulary) and, when present, the weights (adjacency_merged) are loaded
-from the warehouse; the report gives |candidates|, |cover|, |validated edges|, coverage and
-latency for the restore.
+The span length (patches) is known for --article (the row's patch_count) and --text; give it
+with --length for --file.  With a length, only orderings of that many patches are returned and
+3-gram edges may repeat; without one, each edge is used at most --max-uses times (default 1).
+The vocabulary (ngram_vocabulary) and, when present, the weights and context counts
+(adjacency_merged) are loaded from the warehouse; the report gives |candidates|, |cover|,
+|validated edges|, coverage and latency for the restore.
 """
 
 from __future__ import annotations
@@ -46,10 +49,22 @@ def add_restore_parser(sub) -> None:
     p.add_argument("--k", type=int, default=5, help="orderings to return")
     p.add_argument("--beam", type=int, default=16, help="beam width")
     p.add_argument(
+        "--length",
+        type=int,
+        default=None,
+        help="patches in the span (known for --article and --text; give it for --file)",
+    )
+    p.add_argument(
         "--max-uses",
         type=int,
-        default=1,
-        help="times one 3-gram edge may be used per ordering (1 = trails; 2 recovers repeats)",
+        default=None,
+        help="times one 3-gram edge may be used per ordering (default: 1 without a length, "
+        "unlimited with one)",
+    )
+    p.add_argument(
+        "--no-context",
+        action="store_true",
+        help="rank by 3-gram adjacency weights only (ignore the context counts)",
     )
     p.add_argument(
         "--p", type=int, default=None, help="with --text: HLLSet precision (default: vocabulary's)"
@@ -127,9 +142,11 @@ def run_restore(args) -> int:
     t0 = time.perf_counter()
     source = ""
     truth = None
+    length = args.length
     try:
         if args.article is not None:
-            hll = assets.load_hllset(store, args.article, args.span)
+            hll, stored_length = assets.load_stored_span(store, args.article, args.span)
+            length = stored_length if length is None else length
             source = f"article_hllsets {args.article!r} span {args.span}"
             index = assets.load_restore_index(store, hll.p)
         elif args.file is not None:
@@ -140,14 +157,26 @@ def run_restore(args) -> int:
             index = assets.load_restore_index(store, args.p)
             truth, how = patch_text(args.text, store)
             hll = ng.hllset_of_patches(truth, index.p)
+            length = len(truth) if length is None else length
             source = f"text ({len(truth)} patches, {how})"
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"sphere restore: {exc}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - t0
-    result = rs.restore(
-        hll, index, k=args.k, beam_width=args.beam, verify=True, max_edge_uses=args.max_uses
-    )
+    try:
+        result = rs.restore(
+            hll,
+            index,
+            k=args.k,
+            beam_width=args.beam,
+            verify=True,
+            max_edge_uses=args.max_uses,
+            length=length,
+            use_context=not args.no_context,
+        )
+    except ValueError as exc:
+        print(f"sphere restore: {exc}", file=sys.stderr)
+        return 2
     payload = {
         "source": source,
         "index_load_seconds": round(load_s, 3),
@@ -170,7 +199,10 @@ def run_restore(args) -> int:
         print(json.dumps(payload, indent=2, default=_json_default))
         return 0 if result.ok else 1
     r = result.report
-    print(f"source: {source}  (index loaded in {load_s:.2f}s, P={r.p})")
+    print(
+        f"source: {source}  (index loaded in {load_s:.2f}s, P={r.p}, length {r.length or '-'}, "
+        f"context order {r.context_order or 'off'})"
+    )
     print(
         f"set bits {list(r.n_set_bits)}  candidates {list(r.n_candidates)}  cover {r.n_cover}  "
         f"validated edges {r.n_validated_edges} ({r.n_synthesized_edges} synthesized)  "

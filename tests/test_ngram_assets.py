@@ -13,6 +13,7 @@ import pytest
 from sphere_assets import ngrams as assets
 from sphere_assets import restore_cli
 from sphere_assets.compute import adjacency as adj
+from sphere_assets.compute import context_model as cm
 from sphere_assets.compute import hllset as hs
 from sphere_assets.compute import ngrams as ng
 from sphere_assets.compute import restore as rs
@@ -113,6 +114,7 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
         "part-0.parquet"
     ]
     assert sorted(p.name for p in (root / "adjacency" / f"shard={shard}").iterdir()) == [
+        "context.safetensors",
         "csr.safetensors",
         "part-0.parquet",
     ]
@@ -135,6 +137,19 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
     ]
     merged = assets.load_adjacency(Warehouse(root), "adjacency_merged", None)
     assert merged.equal(adj.build(expected))
+    # shard context counts merged == counting the whole corpus at once; a 6-gram spot check
+    merged_context = assets.load_context(Warehouse(root), "adjacency_merged", None)
+    assert merged_context.equal(cm.count_patch_contexts(whole.patches, whole.offsets))
+    assert merged_context.max_order == cm.DEFAULT_MAX_ORDER
+    scorer = cm.ContextScorer(merged_context, expected.tokens)
+    first = [ng.START_ID] + [expected_token_id(expected, x) for x in seqs[0][:5]]
+    brute = sum(
+        1
+        for seq in seqs
+        for i in range(len(seq) + 2 - 5)
+        if ([b"_START_"] + seq + [b"_END_"])[i : i + 6] == [b"_START_"] + seqs[0][:5]
+    )
+    assert scorer.count(tuple(first)) == brute >= 1
 
     # DuckDB over the Hive layout: shard sums equal vocabulary sums; spans per article
     con = duckdb.connect()
@@ -172,8 +187,11 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
     article_id = sorted(corpus)[1]
     h = assets.load_hllset(store, article_id, 0)
     assert h == ng.hllset_of_patches(corpus[article_id][:SPAN], P)
-    out = rs.restore(h, index)
+    assert assets.load_stored_span(store, article_id, 0) == (h, SPAN)
+    assert index.context is not None and index.context.max_order == cm.DEFAULT_MAX_ORDER
+    out = rs.restore(h, index, length=SPAN)
     assert out.ok and out.candidates[0].patches == corpus[article_id][:SPAN]
+    assert out.report.length == SPAN and out.report.context_order == cm.DEFAULT_MAX_ORDER
     assert (
         restore_cli_main(
             ["restore", "--article", article_id, "--span", "0", "--warehouse", str(root)]
@@ -183,9 +201,19 @@ def test_materialize_files_duckdb_checks_and_restore(hll_resources, corpus):
     raw = root.parent / "set.bin"
     raw.write_bytes(b"".join(h.layer_bytes()))
     assert (
+        restore_cli_main(
+            ["restore", "--file", str(raw), "--length", str(SPAN), "--warehouse", str(root)]
+        )
+        == 0
+    )
+    assert (
         restore_cli_main(["restore", "--file", str(raw), "--warehouse", str(root), "--json"]) == 0
     )
     assert restore_cli.hllset_from_file(str(raw)) == h
+
+
+def expected_token_id(table, patch: bytes) -> int:
+    return table.tokens.to_pylist().index(patch)
 
 
 def restore_cli_main(argv):

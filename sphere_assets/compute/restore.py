@@ -16,11 +16,23 @@ the n-gram vocabulary (keys, hashes, counts) and the adjacency weights.
    contained (only possible for synthesised sentinel edges) gets the unseen-edge weight.
 4. **Beam search** from every ``(_START_, x)`` node, one edge per step, each edge at most once
    per path (so cycles — repeated patches — terminate); a path is complete on reaching a
-   ``(y, _END_)`` node.  Live states with the same (node, used edges) are merged (best score
-   kept); the ``beam_width`` best by score (ties: node id, then used-edge set) survive each
-   step.  The search stops when no live state remains, nothing expands, or the depth exceeds
-   ``|E3| + 1``.  Everything is ordered deterministically.
-   Additions beyond the trail search (both measured in BENCHMARKS.md): ``max_edge_uses > 1``
+   ``(y, _END_)`` node.  Live states with the same (node, used edges, recent history) are
+   merged (best score kept); the ``beam_width`` best by score (ties: node id, then used-edge
+   set) survive each step.  The search stops when no live state remains, nothing expands, or
+   the depth exceeds ``|E3| + 1``.  Everything is ordered deterministically.
+   *Score.*  A step scores its edge's adjacency weight — or, when the index has the corpus'
+   context counts (:mod:`sphere_assets.compute.context_model`, stored by the adjacency
+   assets), the backed-off N-gram log-probability of the new patch given up to N-1 patches
+   of the path so far.  Every ordering that explains a set uses the same 3-gram edges, so the
+   3-gram score cannot choose between orderings that swap the segments around a repeated
+   2-gram; the longer context of the ingested corpus can.
+   *Length.*  When the span's patch count is known (``article_hllsets.patch_count``, or the
+   patches of text being restored), only paths of exactly that many patches complete, and an
+   edge may be used any number of times: the HLLSet says which 3-grams occur, not how often,
+   and the length bounds the search instead of the trail rule.  If no path of that length
+   is found (long spans can lose it from the beam), the length-free search runs instead and
+   the report says so (``length_fallback``).
+   Additions beyond the trail search (measured in BENCHMARKS.md): ``max_edge_uses > 1``
    lets a path use an edge that often, and ``covering_walk=True`` (default) adds one candidate
    per START/END node pair that uses *every* validated edge on a START→END route at least
    once — a greedy route inspection (duplicate shortest paths until in = out) walked with
@@ -54,6 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sphere_assets.compute import adjacency as adj_mod
+from sphere_assets.compute import context_model as cm
 from sphere_assets.compute import hllset as hs
 from sphere_assets.compute import ngrams as ng
 
@@ -108,6 +121,7 @@ class RestoreIndex:
     sentinel3: dict[tuple[int, int, int], int]  # 3-grams touching START/END → row
     alpha: float
     token_bytes: list[bytes] = field(repr=False)
+    context: cm.ContextScorer | None = field(default=None, repr=False)
 
     @property
     def n_tokens(self) -> int:
@@ -115,8 +129,10 @@ class RestoreIndex:
 
     def __repr__(self) -> str:
         sizes = "/".join(str(self.table.size(n)) for n in ng.ORDERS)
+        order = self.context.max_order if self.context is not None else 0
         return (
-            f"RestoreIndex(P={self.p}, tokens={self.n_tokens}, n-grams={sizes}, alpha={self.alpha})"
+            f"RestoreIndex(P={self.p}, tokens={self.n_tokens}, n-grams={sizes}, alpha={self.alpha}"
+            f", context order={order})"
         )
 
     @classmethod
@@ -126,8 +142,13 @@ class RestoreIndex:
         p: int = hs.DEFAULT_P,
         adjacency: adj_mod.Adjacency | None = None,
         alpha: float | None = None,
+        context: cm.ContextCounts | None = None,
     ) -> RestoreIndex:
-        """Precompute lookups from a vocabulary table (+ adjacency weights, built if absent)."""
+        """Precompute lookups from a vocabulary table (+ adjacency weights, built if absent).
+
+        ``context`` (higher-order counts of the same corpus, :mod:`context_model`) makes the
+        search rank orderings by a backed-off N-gram model instead of 3-gram weights alone.
+        """
         p = hs.check_p(p)
         if adjacency is None:
             adjacency = adj_mod.build(table, adj_mod.DEFAULT_ALPHA if alpha is None else alpha)
@@ -164,6 +185,9 @@ class RestoreIndex:
             sentinel3,
             float(alpha),
             table.tokens.to_pylist(),
+            cm.ContextScorer(context, table.tokens)
+            if context is not None and context.max_order
+            else None,
         )
 
 
@@ -257,6 +281,11 @@ class RestoreReport:
     depth: int
     reason: str | None = None
     max_edge_uses: int = 1
+    length: int | None = None
+    context_order: int = 0
+    # True when no ordering of ``length`` patches was found and the candidates come from the
+    # length-free search (their lengths differ from ``length``)
+    length_fallback: bool = False
 
     @property
     def n_candidates_total(self) -> int:
@@ -276,6 +305,9 @@ class RestoreReport:
             "beam_width": self.beam_width,
             "depth": self.depth,
             "max_edge_uses": self.max_edge_uses,
+            "length": self.length,
+            "context_order": self.context_order,
+            "length_fallback": self.length_fallback,
             "reason": self.reason,
         }
 
@@ -447,23 +479,65 @@ def _cover(index, edges, edge_bits, sentinel2, sentinel2_bits):
     )
 
 
+def _edge_step(
+    context: cm.ContextScorer | None, history: tuple[int, ...], token: int, weight: float
+) -> tuple[float, tuple[int, ...]]:
+    """Score of appending ``token`` over an edge of adjacency ``weight``, and the new history."""
+    if context is None:
+        return weight, history
+    score = context.step(history, token, weight)
+    return score, (history + (token,))[-context.history :]
+
+
+def path_score(
+    edges: np.ndarray,
+    weights: np.ndarray,
+    path: Sequence[int],
+    context: cm.ContextScorer | None = None,
+) -> float:
+    """Score of an edge path as :func:`beam_search` accumulates it (sum of edge steps)."""
+    if not path:
+        return 0.0
+    history = tuple(int(x) for x in edges[path[0], :2]) if context is not None else ()
+    total = 0.0
+    for e in path:
+        step, history = _edge_step(context, history, int(edges[e, 2]), float(weights[e]))
+        total += step
+    return total
+
+
 def beam_search(
     edges: np.ndarray,
     weights: np.ndarray,
     n_tokens: int,
     beam_width: int = DEFAULT_BEAM_WIDTH,
     max_edge_uses: int = 1,
+    *,
+    length: int | None = None,
+    context: cm.ContextScorer | None = None,
 ) -> tuple[list[tuple[float, int, list[int]]], int]:
     """Complete START→END paths as (score, distinct edges used, edge ids in order), and depth.
 
     ``max_edge_uses = 1`` is the trail search of the specification (each edge at most once).
     A larger value lets a path re-use an edge that often — an HLLSet records which 3-grams
     occur, not how often, so a span whose 3-grams repeat ("a b c a b c") has no covering trail.
-    Live states are ranked by distinct edges used (all equal when edges are used once), then
-    score; the depth limit is ``|E3| * max_edge_uses + 1``.
+    ``length`` (patches of the span, when known — ``article_hllsets.patch_count``) keeps only
+    paths of exactly that many patches; it bounds the depth by itself, so with a length
+    ``max_edge_uses = 0`` means "no limit".  Without a length the depth limit is
+    ``|E3| * max_edge_uses + 1``.
+
+    A step scores the edge's adjacency weight, or with ``context`` the backed-off N-gram
+    log-probability of the new patch given the path so far.  Live states with the same (node,
+    used edges, recent history) are merged (best score kept) and the ``beam_width`` best by
+    score survive each step (all live states have the same number of steps); ties break on
+    node id, then used edges, so the search is deterministic.
     """
-    if max_edge_uses < 1:
-        raise ValueError(f"max_edge_uses must be >= 1, got {max_edge_uses}")
+    if max_edge_uses < 0 or (max_edge_uses == 0 and length is None):
+        raise ValueError(
+            f"max_edge_uses must be >= 1 (or 0 = unlimited with a length), got {max_edge_uses}"
+        )
+    if length is not None and length < 1:
+        raise ValueError(f"length must be >= 1 patch, got {length}")
     n_edges = edges.shape[0]
     if n_edges == 0:
         return [], 0
@@ -477,42 +551,57 @@ def beam_search(
     is_end = (right == ng.END_ID).tolist()
     # out-edges per node: best weight first, then target node, then edge id (deterministic)
     order = np.lexsort((np.arange(n_edges), dst, -weights, src))
-    out: list[list[tuple[int, int, float]]] = [[] for _ in range(node_codes.size)]
+    last_token = edges[:, 2].tolist()
+    out: list[list[tuple[int, int, float, int]]] = [[] for _ in range(node_codes.size)]
     for e in order.tolist():
-        out[int(src[e])].append((e, int(dst[e]), float(weights[e])))
+        out[int(src[e])].append((e, int(dst[e]), float(weights[e]), last_token[e]))
     starts = np.flatnonzero(left == ng.START_ID).tolist()
-    top = max_edge_uses - 1
-    # state: (score, distinct, node, masks, trail_id); masks[u] = edges used more than u times;
-    # trails: (parent_trail_id, edge)
+    unlimited = max_edge_uses == 0
+    levels = 1 if unlimited else max_edge_uses
+    top = levels - 1
+    # state: (score, distinct, node, masks, history, trail_id); masks[u] = edges used more than
+    # u times (unlimited: one mask of edges used at all); trails: (parent_trail_id, edge)
     trails: list[tuple[int, int]] = []
-    live = [(0.0, 0, s, (0,) * max_edge_uses, -1) for s in starts]
+    live = []
+    for s in starts:
+        history = (ng.START_ID, int(right[s])) if context is not None else ()
+        live.append((0.0, 0, s, (0,) * levels, history, -1))
     done: list[tuple[float, int, int]] = []  # (score, distinct edges, trail_id)
     depth = 0
-    limit = n_edges * max_edge_uses
-    while live and depth <= limit:
+    limit = length if length is not None else n_edges * levels + 1
+    while live and depth < limit:
         depth += 1
+        at_length = length is not None and depth == length
         best: dict[tuple, tuple] = {}
-        for score, distinct, node, masks, trail in live:
-            for e, target, w in out[node]:
-                bit = 1 << e
-                if masks[top] & bit:
+        for score, distinct, node, masks, history, trail in live:
+            for e, target, w, token in out[node]:
+                if at_length and not is_end[target]:
                     continue
-                level = 0
-                while masks[level] & bit:
-                    level += 1
-                new_masks = masks[:level] + (masks[level] | bit,) + masks[level + 1 :]
+                bit = 1 << e
+                if unlimited:
+                    level = 1 if masks[0] & bit else 0
+                    new_masks = (masks[0] | bit,)
+                else:
+                    if masks[top] & bit:
+                        continue
+                    level = 0
+                    while masks[level] & bit:
+                        level += 1
+                    new_masks = masks[:level] + (masks[level] | bit,) + masks[level + 1 :]
                 new_distinct = distinct + (level == 0)
+                step, new_history = _edge_step(context, history, token, w)
                 trails.append((trail, e))
                 tid = len(trails) - 1
-                new_score = score + w
+                new_score = score + step
                 if is_end[target]:
-                    done.append((new_score, new_distinct, tid))
+                    if length is None or at_length:
+                        done.append((new_score, new_distinct, tid))
                     continue
-                key = (target, new_masks)
+                key = (target, new_masks, new_history)
                 prev = best.get(key)
                 if prev is None or new_score > prev[0]:
-                    best[key] = (new_score, new_distinct, target, new_masks, tid)
-        live = sorted(best.values(), key=lambda s: (-s[1], -s[0], s[2], s[3]))[:beam_width]
+                    best[key] = (new_score, new_distinct, target, new_masks, new_history, tid)
+        live = sorted(best.values(), key=lambda s: (-s[0], s[2], s[3], s[4]))[:beam_width]
     results = []
     for score, distinct, tid in done:
         path = []
@@ -665,22 +754,42 @@ def restore(
     k: int = DEFAULT_K,
     beam_width: int = DEFAULT_BEAM_WIDTH,
     verify: bool = False,
-    max_edge_uses: int = 1,
+    max_edge_uses: int | None = None,
     covering_walk: bool = True,
+    length: int | None = None,
+    use_context: bool = True,
 ) -> RestoreResult:
     """Up to ``k`` patch orderings whose n-grams explain ``hll`` (see module docstring).
 
+    ``length`` is the span's number of patches when known (``article_hllsets.patch_count``,
+    or the patch count of text being restored): only orderings of exactly that length are
+    returned, and edges may then repeat (an HLLSet cannot say how often a 3-gram occurs; the
+    length bounds the search instead).  ``max_edge_uses`` defaults to 1 (trails, as specified)
+    without a length and to 0 (no limit) with one.  ``use_context`` (default on) scores
+    orderings with the index's higher-order context counts when it has them.
+    ``covering_walk`` (default on) adds the route-inspection candidates.
     ``verify=True`` re-ingests every returned ordering and records whether it reproduces the
-    HLLSet bit-for-bit (``Restored.roundtrip``).  ``max_edge_uses`` (default 1: trails, as
-    specified) and ``covering_walk`` (default on) control the candidate search.
+    HLLSet bit-for-bit (``Restored.roundtrip``).
     """
     t0 = time.perf_counter()
+    if max_edge_uses is None:
+        max_edge_uses = 1 if length is None else 0
+    context = index.context if use_context else None
     if hll.p != index.p:
         raise ValueError(f"HLLSet has P={hll.p} but the restore index was built for P={index.p}")
     if k < 1 or beam_width < 1:
         raise ValueError(f"k and beam_width must be >= 1, got k={k}, beam_width={beam_width}")
+    if length is not None and (not isinstance(length, int | np.integer) or length < 1):
+        raise ValueError(f"length (patches in the span) must be an int >= 1, got {length!r}")
     n_set = tuple(int(x) for x in hll.n_set_bits())
-    state: dict = {"cands": (0, 0, 0), "cover": None, "n_edges": 0, "n_syn": 0, "coverage": 0.0}
+    state: dict = {
+        "cands": (0, 0, 0),
+        "cover": None,
+        "n_edges": 0,
+        "n_syn": 0,
+        "coverage": 0.0,
+        "length_fallback": False,
+    }
 
     def finish(candidates: list[Restored], depth: int = 0, reason: str | None = None):
         cover = state["cover"]
@@ -697,6 +806,9 @@ def restore(
             depth=depth,
             reason=reason,
             max_edge_uses=max_edge_uses,
+            length=length,
+            context_order=context.max_order if context is not None else 0,
+            length_fallback=state["length_fallback"],
         )
         return RestoreResult(candidates, report, cover if cover is not None else ())
 
@@ -722,9 +834,31 @@ def restore(
             reason="no 3-gram candidate passed cross-validation "
             "(a 3-gram needs its own bit, its 1-grams and both 2-grams set)",
         )
-    paths, depth = beam_search(v.edges, v.weights, index.n_tokens, beam_width, max_edge_uses)
-    if covering_walk:
-        paths = paths + covering_walks(v.edges, v.weights, index.n_tokens)
+
+    def search(span_length: int | None, uses: int) -> tuple[list, int]:
+        found, reached = beam_search(
+            v.edges,
+            v.weights,
+            index.n_tokens,
+            beam_width,
+            uses,
+            length=span_length,
+            context=context,
+        )
+        if covering_walk:
+            found += [
+                (path_score(v.edges, v.weights, walk, context), distinct, walk)
+                for _, distinct, walk in covering_walks(v.edges, v.weights, index.n_tokens)
+                if span_length is None or len(walk) == span_length
+            ]
+        return found, reached
+
+    paths, depth = search(length, max_edge_uses)
+    if not paths and length is not None:
+        # no ordering of exactly that length was found (long spans can lose it from the beam):
+        # fall back to the length-free search (trails + covering walks) rather than give up
+        paths, depth = search(None, 1)
+        state["length_fallback"] = True
     if not paths:
         return finish([], depth, "no _START_ -> _END_ path through the validated 3-gram edges")
     n_bits3 = max(v.set_bits[2].size, 1)

@@ -2,14 +2,16 @@
 
 Hash
     ``h = MurmurHash3_x64_128(key, seed=0)`` low 64 bits, i.e. exactly
-    ``mmh3.hash64(key, seed=0, signed=False)[0]``.  :func:`hash64_keys` is a vectorised numpy
-    re-implementation of the same function (16-byte blocks processed column-wise over all keys,
-    zero-padded tails, so no per-key Python work); :func:`hash64` is the scalar reference.
+    ``mmh3.hash64(key, seed=0, signed=False)[0]``.  :func:`hash64_keys` / :func:`hash64_buffer`
+    compute the same function over many keys in compiled code
+    (:mod:`sphere_assets.compute.key_kernels`, no per-key Python work); :func:`hash64` is the
+    scalar reference.
 
 Bit of a hash
     ``reg = h & (2^P - 1)``, ``run = min(ctz(h >> P), 31)`` (31 when ``h >> P == 0``),
-    ``bit = reg * 32 + run``.  ``ctz`` is computed branch-free as
-    ``popcount((x & -x) - 1)``, which is 64 for ``x == 0`` and then capped to 31.
+    ``bit = reg * 32 + run``.  Computed in compiled code
+    (:func:`sphere_assets.compute.key_kernels.hash_bits`) as ``ctz((h >> P) | 2^31)``, which
+    is the capped count, also for ``h >> P == 0``.
 
 HLLSet
     Three layers (n-gram order n = 1, 2, 3), each ``2^P`` uint32 words; word ``reg`` has bit
@@ -52,6 +54,8 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 
+from sphere_assets.compute import key_kernels as kk
+
 SEED = 0
 DEFAULT_P = 10
 MIN_P = 4
@@ -60,16 +64,8 @@ RUN_CAP = 31
 WORD_BITS = 32
 NUM_LAYERS = 3
 
-_U64 = np.uint64
-_C1 = _U64(0x87C37B91114253D5)
-_C2 = _U64(0x4CF5AD432745937F)
-_FMIX1 = _U64(0xFF51AFD7ED558CCD)
-_FMIX2 = _U64(0xC4CEB9FE1A85EC53)
-_ALL_ONES = _U64(0xFFFFFFFFFFFFFFFF)
-# masks keeping the first t bytes (t = 0..8) of a little-endian 64-bit word
-_BYTE_MASKS = np.array([(1 << (8 * t)) - 1 for t in range(8)] + [2**64 - 1], dtype=np.uint64)
-# below this many keys a second hashing thread costs more than it saves
-_PARALLEL_MIN_KEYS = 200_000
+# below this many keys a second hashing thread costs more than it saves (~15 ns per key)
+_PARALLEL_MIN_KEYS = 50_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,153 +84,43 @@ def check_p(p: int) -> int:
     return int(p)
 
 
-def _rotl_(x: np.ndarray, r: int, tmp: np.ndarray) -> np.ndarray:
-    """In-place rotate-left of uint64 ``x`` by ``r`` bits (``tmp``: scratch of the same size)."""
-    np.right_shift(x, _U64(64 - r), out=tmp)
-    np.left_shift(x, _U64(r), out=x)
-    x |= tmp
-    return x
-
-
-def _rotl(x: np.ndarray, r: int) -> np.ndarray:
-    return (x << _U64(r)) | (x >> _U64(64 - r))
-
-
-def _fmix64_(k: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """In-place MurmurHash3 fmix64."""
-    for mult in (_FMIX1, _FMIX2):
-        np.right_shift(k, _U64(33), out=tmp)
-        k ^= tmp
-        k *= mult
-    np.right_shift(k, _U64(33), out=tmp)
-    k ^= tmp
-    return k
-
-
-def _fmix64(k: np.ndarray) -> np.ndarray:
-    return _fmix64_(k, np.empty_like(k))
-
-
-def _mix_k1_(k1: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    k1 *= _C1
-    _rotl_(k1, 31, tmp)
-    k1 *= _C2
-    return k1
-
-
-def _mix_k2_(k2: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    k2 *= _C2
-    _rotl_(k2, 33, tmp)
-    k2 *= _C1
-    return k2
-
-
-def _word_view(padded: np.ndarray) -> np.ndarray:
-    """Overlapping little-endian uint64 view: element ``i`` = bytes ``i .. i+7`` (unaligned)."""
-    return np.ndarray(shape=(padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
-
-
-def _hash_range(words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """MurmurHash3_x64_128 low word for keys at byte ``starts`` with ``lengths`` (vectorised).
-
-    Keys are processed in order of decreasing block count, so the keys that still have a
-    16-byte block ``b`` are a prefix and every step works on contiguous slices; all arithmetic
-    is in place (uint64 wraps modulo 2^64 as the C code does).
-    """
-    n = starts.size
-    n_blocks = lengths >> 4
-    most = int(n_blocks.max()) if n else 0
-    order = None
-    if most > 0:
-        # descending block count; a 16-bit key makes numpy's stable argsort a radix sort
-        key = (most - n_blocks).astype(np.uint16 if most < 65536 else np.int64)
-        order = np.argsort(key, kind="stable")
-        starts, lengths, n_blocks = starts[order], lengths[order], n_blocks[order]
-    # keys with more than b blocks: a prefix of length active[b]
-    ascending = n_blocks[::-1]
-    active = n - np.searchsorted(ascending, np.arange(most), side="right")
-    h1 = np.zeros(n, dtype=np.uint64)
-    h2 = np.zeros(n, dtype=np.uint64)
-    tmp = np.empty(n, dtype=np.uint64)
-    k1 = np.empty(n, dtype=np.uint64)
-    k2 = np.empty(n, dtype=np.uint64)
-    for block in range(most):
-        m = int(active[block])
-        a1, a2, t, x1, x2 = h1[:m], h2[:m], tmp[:m], k1[:m], k2[:m]
-        at = starts[:m] + 16 * block
-        x1[:] = words[at]
-        at += 8
-        x2[:] = words[at]
-        a1 ^= _mix_k1_(x1, t)
-        _rotl_(a1, 27, t)
-        a1 += a2
-        a1 *= _U64(5)
-        a1 += _U64(0x52DCE729)
-        a2 ^= _mix_k2_(x2, t)
-        _rotl_(a2, 31, t)
-        a2 += a1
-        a2 *= _U64(5)
-        a2 += _U64(0x38495AB5)
-    # Tail: up to 15 bytes read as two zero-masked words.  Mixing a zero word is the identity,
-    # so keys whose tail is shorter than 9 (or empty) need no branch.
-    tail = lengths & 15
-    at = starts + (n_blocks << 4)
-    k1[:] = words[at]
-    k1 &= np.take(_BYTE_MASKS, np.minimum(tail, 8))
-    at += 8
-    k2[:] = words[at]
-    tail -= 8
-    k2 &= np.take(_BYTE_MASKS, np.clip(tail, 0, 8, out=tail))
-    h2 ^= _mix_k2_(k2, tmp)
-    h1 ^= _mix_k1_(k1, tmp)
-    length = lengths.astype(np.uint64)
-    h1 ^= length
-    h2 ^= length
-    h1 += h2
-    h2 += h1
-    _fmix64_(h1, tmp)
-    _fmix64_(h2, tmp)
-    h1 += h2
-    if order is not None:
-        out = np.empty_like(h1)
-        out[order] = h1
-        return out
-    return h1
-
-
 def hash64_buffer(
     data: np.ndarray, offsets: np.ndarray, *, threads: int | None = None
 ) -> np.ndarray:
     """Hash keys stored back to back in ``data`` (uint8); key i is ``data[offsets[i]:offsets[i+1]]``.
 
-    Returns uint64 hashes equal to ``mmh3.hash64(key, seed=0, signed=False)[0]``.  ``threads``
-    (default: up to 2, only for large batches) splits the keys; numpy releases the GIL.
+    Returns uint64 hashes equal to ``mmh3.hash64(key, seed=0, signed=False)[0]`` (compiled
+    kernel :func:`sphere_assets.compute.key_kernels.hash_keys`).  ``threads`` (default: up to
+    2, only for large batches) splits the keys; the kernel releases the GIL.
     """
-    offsets = np.asarray(offsets, dtype=np.int64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     n = offsets.size - 1
     if n <= 0:
         return np.zeros(0, dtype=np.uint64)
-    data = np.asarray(data, dtype=np.uint8)
-    # 16 zero bytes of padding so that the unaligned tail reads never leave the buffer
-    padded = np.zeros(data.size + 16, dtype=np.uint8)
-    padded[: data.size] = data
-    words = _word_view(padded)
-    starts = offsets[:-1]
-    lengths = np.diff(offsets)
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    # the kernel reads raw memory: keys must lie inside data
+    if offsets[0] < 0 or offsets[-1] > data.size or np.any(offsets[1:] < offsets[:-1]):
+        raise ValueError("key offsets must be non-decreasing and within the data buffer")
+    out = np.empty(n, dtype=np.uint64)
     if threads is None:
         threads = min(2, os.cpu_count() or 1) if n >= _PARALLEL_MIN_KEYS else 1
-    if threads <= 1:
-        return _hash_range(words, starts, lengths)
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-    out = np.empty(n, dtype=np.uint64)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = [
-            pool.submit(_hash_range, words, starts[lo:hi], lengths[lo:hi])
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        for (lo, hi), part in zip(zip(bounds[:-1], bounds[1:], strict=True), parts, strict=True):
-            out[lo:hi] = part.result()
+    split_range(n, threads, lambda lo, hi: kk.hash_keys(data, offsets, out, lo, hi))
     return out
+
+
+def split_range(n: int, threads: int, work) -> None:
+    """Run ``work(lo, hi)`` on ``threads`` consecutive slices of ``range(n)``, one per thread
+    (the calling thread takes the first); ``work`` should release the GIL."""
+    threads = max(1, min(int(threads), n))
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64).tolist()
+    if threads == 1:
+        work(0, n)
+        return
+    with ThreadPoolExecutor(max_workers=threads - 1) as pool:
+        rest = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
+        work(bounds[0], bounds[1])
+        for future in rest:
+            future.result()
 
 
 def binary_buffers(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -274,12 +160,11 @@ def reg_run(hashes: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
     """``reg = h & (2^P-1)`` (uint32) and ``run = min(ctz(h >> P), 31)`` (uint8)."""
     p = check_p(p)
     h = np.asarray(hashes, dtype=np.uint64)
-    reg = (h & _U64((1 << p) - 1)).astype(np.uint32)
-    x = h >> _U64(p)
-    lowest = x & (~x + _U64(1))  # isolates the lowest set bit; 0 when x == 0
-    ctz = np.bitwise_count(lowest - _U64(1))  # popcount(0 - 1 mod 2^64) = 64 for x == 0
-    run = np.minimum(ctz, RUN_CAP).astype(np.uint8)
-    return reg, run
+    flat = np.ascontiguousarray(h.reshape(-1))
+    reg = np.empty(flat.size, dtype=np.uint32)
+    run = np.empty(flat.size, dtype=np.uint8)
+    kk.hash_bits(flat, p, reg, run)  # compiled: one pass, no temporaries
+    return reg.reshape(h.shape), run.reshape(h.shape)
 
 
 def bits_of(hashes: np.ndarray, p: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Patch n-grams: keys, vectorised extraction, counting, merging and HLLSets of sequences.
+"""Patch n-grams: keys, compiled extraction and counting, merging and HLLSets of sequences.
 
 Tokens are BLT patches (their bytes).  A *sequence* is one article's (or one span's) patches in
 order.
@@ -21,17 +21,22 @@ Token ids
     this *canonical order* depends only on the bytes (START < END < patches by bytes), so tables
     built per shard and merged equal the table built over everything at once.
 
-Counting is deduplicate-then-hash: patches are dictionary-encoded (Arrow hash kernel), 2- and
-3-grams become integer codes ``a*T + b`` / ``(a*T + b)*T + c`` (``T`` token ids) deduplicated
-the same way, and only the distinct n-grams are turned into key bytes (one Arrow ``take`` of the
-interleaved pieces ``a, 0x00, b[, 0x00, c]``) and hashed by the vectorised MurmurHash3
-(:func:`sphere_assets.compute.hllset.hash64_buffer`).  Nothing loops over occurrences in Python.
-``canonical=False`` skips the two sorts (patch bytes, distinct codes) and keeps first-occurrence
-order — deterministic for a given input order, used where only the content matters.
+Counting is deduplicate-then-hash, in compiled kernels (:mod:`sphere_assets.compute.key_kernels`,
+numba): patches are deduplicated by a hash table on their bytes, 2- and 3-grams become integer
+codes ``a*T + b`` / ``(a*T + b)*T + c`` (``T`` token ids) deduplicated by a hash table on the
+codes, and only the distinct n-grams are hashed with MurmurHash3 — their keys are assembled from
+the escaped pieces ``a, 0x00, b[, 0x00, c]`` in a scratch buffer, never materialised.  The 2- and
+3-grams are deduplicated on two threads, and hashing splits the rows over two threads (the
+kernels release the GIL).  Nothing loops over occurrences in Python.  ``canonical=False`` skips
+the two sorts (patch bytes, distinct codes; both compiled radix sorts) and keeps
+first-occurrence order — deterministic for a given input order, used where only the content
+matters.  The first call in a process loads the kernels from numba's on-disk cache (compiling
+them, a few seconds, when the cache is missing).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sphere_assets.compute import hllset as hs
+from sphere_assets.compute import key_kernels as kk
 
 START = b"_START_"
 END = b"_END_"
@@ -51,8 +57,9 @@ START_ID = 0
 END_ID = 1
 FIRST_PATCH_ID = 2
 ORDERS = (1, 2, 3)
-# below this many occurrences a helper thread costs more than it saves
-_PARALLEL_MIN = 100_000
+# below this many occurrences (or rows to hash) a helper thread costs more than it saves
+# (~0.1 ms to start; the compiled kernels do ~10^4 of them in ~0.2 ms)
+_PARALLEL_MIN = 10_000
 # with fewer token ids, a 3-gram code (a*T + b)*T + c fits in 63 bits
 _NARROW_TOKENS = 2_097_152
 
@@ -129,13 +136,14 @@ def tokenize(patches: pa.Array, *, canonical: bool = True) -> tuple[np.ndarray, 
     canonical=True orders the patches by bytes; otherwise by first occurrence (cheaper, still
     deterministic for a given input order).
     """
-    encoded = pc.dictionary_encode(patches)
-    local_ids = encoded.indices.to_numpy(zero_copy_only=False)
-    distinct = encoded.dictionary
+    data, offsets = hs.binary_buffers(patches)
+    local_ids, first = kk.dedupe_binary(data, offsets)  # compiled hash table
+    distinct = patches.take(pa.array(first))
     if not canonical:
         tokens = pa.concat_arrays([pa.array([START, END], type=pa.binary()), distinct])
-        return (local_ids + FIRST_PATCH_ID).astype(np.int32), tokens
-    order = pc.sort_indices(distinct).to_numpy()
+        local_ids += FIRST_PATCH_ID
+        return local_ids, tokens
+    order = kk.sort_binary(*hs.binary_buffers(distinct))  # compiled; = pc.sort_indices
     rank = np.empty(order.size, dtype=np.int32)
     rank[order] = np.arange(order.size, dtype=np.int32) + FIRST_PATCH_ID
     tokens = pa.concat_arrays([pa.array([START, END], type=pa.binary()), distinct.take(order)])
@@ -336,27 +344,23 @@ class DistinctGrams:
 
 
 def _distinct_rows(occ: Occurrences, n: int, n_tokens: int, canonical: bool) -> DistinctGrams:
-    """Deduplicate the occurrences of order n with Arrow's hash kernel on their integer codes.
+    """Deduplicate the occurrences of order n by their integer codes (compiled hash table,
+    :func:`sphere_assets.compute.key_kernels.dedupe_windows`).
 
-    The dictionary lists the distinct codes in first-occurrence order, so the first occurrence
-    of id ``u`` is where the running maximum of the ids first reaches ``u``; only those
-    windows are turned into rows.  canonical=True then sorts the distinct codes (ascending
-    code = lexicographic rows).
+    Distinct codes come in first-occurrence order with the window of their first occurrence;
+    only those windows are turned into rows.  canonical=True then sorts the distinct codes
+    (ascending code = lexicographic rows).
     """
-    codes = occ.codes(n, n_tokens)
-    if codes.size == 0:
-        return DistinctGrams(np.zeros((0, n), np.int32), np.zeros(0, np.int64), codes)
-    encoded = pc.dictionary_encode(pa.array(codes))
-    ids = encoded.indices.to_numpy(zero_copy_only=False)
-    distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
-    counts = np.bincount(ids, minlength=distinct.size).astype(np.int64)
-    running = np.maximum.accumulate(ids)
-    first = np.flatnonzero(np.concatenate([[True], running[1:] != running[:-1]]))
-    grams = occ.rows(n, first)
+    windows = occ.windows[n - 1]
+    if windows.size == 0:
+        empty = np.zeros(0, np.int64)
+        return DistinctGrams(np.zeros((0, n), np.int32), empty, empty.copy())
+    ids, distinct, counts, first = kk.dedupe_windows(occ.padded, windows, n, n_tokens)
     if not canonical:
-        return DistinctGrams(grams, counts, distinct, ids)
-    order = np.argsort(distinct)
-    return DistinctGrams(grams[order], counts[order], distinct[order])
+        return DistinctGrams(occ.rows(n, first), counts, distinct, ids)
+    # sort the codes carrying their counts, then decode the rows: no random gathers
+    codes, counts = kk.radix_sort_pairs(distinct, counts, int(n_tokens**n - 1).bit_length())
+    return DistinctGrams(kk.decode_codes(codes, n, n_tokens), counts, codes)
 
 
 def distinct_grams(
@@ -378,7 +382,7 @@ def distinct_grams(
         present.astype(np.int32).reshape(-1, 1), counts1[present], present.astype(np.int64)
     )
     narrow = n_tokens < _NARROW_TOKENS  # T^3 < 2^63: orders 2 and 3 are independent
-    # the hash kernel and numpy release the GIL: on big inputs do the 3-grams on a second core
+    # the compiled kernels release the GIL: on big inputs do the 3-grams on a second core
     big = occ.windows[2].size >= _PARALLEL_MIN
     pool = ThreadPoolExecutor(max_workers=1) if narrow and big else None
     future = pool.submit(_distinct_rows, occ, 3, n_tokens, canonical) if pool else None
@@ -456,23 +460,40 @@ class NgramTable:
         return with_separator(self.escaped)
 
     def hash_rows(self, n: int, threads: int | None = None) -> np.ndarray:
-        """64-bit hashes of the keys of order ``n`` (no Arrow key array is materialised)."""
+        """64-bit hashes of the keys of order ``n``.
+
+        2-/3-gram keys are never materialised: the compiled kernel
+        (:func:`sphere_assets.compute.key_kernels.hash_joined`) joins the escaped pieces
+        with 0x00 in a scratch buffer and hashes it.  ``threads`` (default: up to 2 on big
+        tables) splits the rows; the kernel releases the GIL.
+        """
         threads = self._hash_threads if threads is None else threads
         if n == 1:
             return hs.hash64_keys(self.keys(1), threads=threads)
-        data, offsets = key_buffers(self.escaped_sep, self.grams[n - 1])
-        return hs.hash64_buffer(data, offsets, threads=threads)
+        rows = np.ascontiguousarray(self.grams[n - 1], dtype=np.int32)
+        if threads is None:
+            threads = min(2, os.cpu_count() or 1) if rows.shape[0] >= _PARALLEL_MIN else 1
+        data, offsets, packed = self.escaped_pieces
+        out = np.empty(rows.shape[0], dtype=np.uint64)
+        hs.split_range(
+            rows.shape[0],
+            threads,
+            lambda lo, hi: kk.hash_joined(data, offsets, packed, rows, out, lo, hi),
+        )
+        return out
+
+    @cached_property
+    def escaped_pieces(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(data, offsets, :func:`~sphere_assets.compute.key_kernels.pack_pieces`) of
+        :attr:`escaped`: the pieces of 2-/3-gram keys, as :meth:`hash_rows` reads them."""
+        data, offsets = hs.binary_buffers(self.escaped)
+        data = np.ascontiguousarray(data)
+        return data, offsets, kk.pack_pieces(data, offsets)
 
     @cached_property
     def hashes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Hashes per order; on big tables the 3-gram keys are built and hashed on a second
-        core while the 1- and 2-grams are done here (Arrow and numpy release the GIL)."""
-        if self._hash_threads == 1 or self.size(3) < _PARALLEL_MIN:
-            return tuple(self.hash_rows(n) for n in ORDERS)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            third = pool.submit(self.hash_rows, 3, 1)
-            first, second = self.hash_rows(1, 1), self.hash_rows(2, 1)
-            return first, second, third.result()
+        """Hashes per order (see :meth:`hash_rows`)."""
+        return tuple(self.hash_rows(n) for n in ORDERS)
 
     def canonical_equal(self, other: NgramTable) -> bool:
         """Same distinct n-grams (by bytes) with the same counts."""

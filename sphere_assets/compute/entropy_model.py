@@ -18,9 +18,11 @@ Architecture (pre-norm decoder, Llama style; weight names follow BLT's ``LMTrans
     Attention is causal and limited to a sliding window: query ``t`` sees keys ``s`` with
     ``t - window < s <= t`` (``window`` keys including itself), computed block-locally in
     O(T·window) (:func:`windowed_causal_attention`). With ``n_layers`` layers the receptive
-    field of a position is ``n_layers·(window-1)`` earlier tokens (:func:`receptive_field`);
-    chunked inference (:func:`iter_hidden_chunks`) overlaps chunks by at least that much, so it
-    reproduces a full-sequence forward pass in O(chunk) memory.
+    field of a position is ``n_layers·(window-1)`` earlier tokens (:func:`receptive_field`).
+    Chunked inference (:func:`iter_hidden_chunks`) carries each layer's keys and values of the
+    last ``window`` positions from one chunk into the next (:meth:`ByteEntropyModel.
+    trunk_continued`; or, on request, overlaps chunks by the receptive field), so it reproduces
+    a full-sequence forward pass in O(chunk) memory.
     The tiny default (dim 64, 2 layers, 2 heads, window 32, SwiGLU hidden 192: 140k params)
     trains in ~40-55 s on one core of this machine and reaches ~2.26 bits/byte on the bundled
     corpus (unigram baseline 4.72).
@@ -273,6 +275,8 @@ def windowed_causal_attention(
     v: torch.Tensor,
     window: int,
     bias: torch.Tensor | None = None,
+    prefixed: bool = False,
+    masked_prefix: int = 0,
 ) -> torch.Tensor:
     """Causal attention where query t sees keys ``(t-window, t]``; O(T·window) work.
 
@@ -280,24 +284,46 @@ def windowed_causal_attention(
     attends to the ``2·window`` keys of blocks ``b-1`` and ``b`` (strided views, no copies)
     under :func:`band_bias`; block 0's previous block is zero padding and fully masked. Cost
     and memory grow linearly in T.
+
+    ``prefixed``: ``k`` and ``v`` hold ``window`` more positions than ``q``, first: the keys
+    and values of the ``window`` positions before ``q``'s first one (carried over from an
+    earlier chunk, :meth:`ByteEntropyModel.trunk_continued`). They form block 0's previous
+    block instead of the zero padding; their first ``masked_prefix`` entries are masked (before
+    the sequence start).
     """
     batch, heads, seq_len, head_dim = q.shape
-    if seq_len <= window:
+    if seq_len <= window and not prefixed:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     n_blocks = math.ceil(seq_len / window)
     pad = n_blocks * window - seq_len
     q_full = F.pad(q, (0, 0, 0, pad)) if pad else q
     qb = q_full.reshape(batch, heads, n_blocks, window, head_dim)
-    # keys/values padded by one zero block in front (block -1) and to whole blocks at the end
-    k_band = F.pad(k, (0, 0, window, pad)).unfold(2, 2 * window, window)  # [B,H,nb,d,2W]
-    v_band = F.pad(v, (0, 0, window, pad)).unfold(2, 2 * window, window)
+    # keys/values padded by one zero block in front (block -1, unless the prefix is that block)
+    # and to whole blocks at the end
+    front = 0 if prefixed else window
+    if front or pad:
+        k, v = F.pad(k, (0, 0, front, pad)), F.pad(v, (0, 0, front, pad))
+    k_band = k.unfold(2, 2 * window, window)  # [B,H,nb,d,2W]
+    v_band = v.unfold(2, 2 * window, window)
     if bias is None:
         bias = band_bias(window, q.device)
     scores = torch.matmul(qb * head_dim**-0.5, k_band) + bias
-    scores[:, :, 0, :, :window] = float("-inf")
+    masked = masked_prefix if prefixed else window
+    if masked:
+        scores[:, :, 0, :, :masked] = float("-inf")
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, v_band.transpose(-1, -2))
     return out.reshape(batch, heads, n_blocks * window, head_dim)[:, :, :seq_len]
+
+
+@dataclass(frozen=True)
+class AttentionCarry:
+    """One layer's state between chunks: keys (before RoPE) and values ``[B, H, window, d]`` of
+    the last ``window`` positions, the first ``masked`` of which precede the sequence start."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    masked: int
 
 
 class Attention(nn.Module):
@@ -322,6 +348,52 @@ class Attention(nn.Module):
         q, k = apply_rope(qkv[:2], cos, sin).unbind(0)
         out = windowed_causal_attention(q, k, qkv[2], self.window, bias)
         return self.wo(out.transpose(1, 2).reshape(batch, seq_len, dim))
+
+    def forward_continued(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        bias: torch.Tensor | None,
+        carry: AttentionCarry | None,
+        keep: bool = True,
+    ) -> tuple[torch.Tensor, AttentionCarry | None]:
+        """:meth:`forward` for ``x`` continuing the sequence whose last ``window`` keys (before
+        RoPE) and values ``carry`` holds (``None``: ``x`` starts the sequence, computed exactly
+        as :meth:`forward`). Returns the output and, if ``keep``, the carry for what follows.
+
+        With a carry, the carried positions take RoPE positions ``0..W-1`` and ``x`` takes
+        ``W..W+T-1`` (``cos``/``sin`` cover ``W+T`` rows): attention scores depend on position
+        differences only, so this frame gives what a full-sequence pass computes.
+        """
+        batch, seq_len, dim = x.shape
+        window = self.window
+        w_qkv = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
+        qkv = F.linear(x, w_qkv).view(batch, seq_len, 3, self.n_heads, self.head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
+        if carry is None:
+            q, k = apply_rope(qkv[:2], cos, sin).unbind(0)
+            out = windowed_causal_attention(q, k, qkv[2], window, bias)
+            keys, values = qkv[1], qkv[2]
+            if keep and seq_len < window:  # carry exactly `window` positions: zeros in front
+                keys = F.pad(keys, (0, 0, window - seq_len, 0))
+                values = F.pad(values, (0, 0, window - seq_len, 0))
+            masked = max(0, window - seq_len)  # of the new carry: positions before the start
+        else:
+            keys = torch.cat((carry.keys, qkv[1]), dim=2)  # [B, H, W+T, d], before RoPE
+            values = torch.cat((carry.values, qkv[2]), dim=2)
+            q = apply_rope(qkv[0], cos[window:], sin[window:])
+            out = windowed_causal_attention(
+                q, apply_rope(keys, cos, sin), values, window, bias, True, carry.masked
+            )
+            masked = max(0, carry.masked - seq_len)
+        out = self.wo(out.transpose(1, 2).reshape(batch, seq_len, dim))
+        if not keep:
+            return out, None
+        following = AttentionCarry(
+            keys[:, :, -window:].clone(), values[:, :, -window:].clone(), masked
+        )
+        return out, following
 
 
 class FeedForward(nn.Module):
@@ -353,6 +425,21 @@ class TransformerBlock(nn.Module):
         h = h + self.attention(self.attention_norm(h), cos, sin, bias)
         return h + self.feed_forward(self.ffn_norm(h))
 
+    def forward_continued(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        bias: torch.Tensor | None,
+        carry: AttentionCarry | None,
+        keep: bool = True,
+    ) -> tuple[torch.Tensor, AttentionCarry | None]:
+        attended, carry = self.attention.forward_continued(
+            self.attention_norm(h), cos, sin, bias, carry, keep
+        )
+        h = h + attended
+        return h + self.feed_forward(self.ffn_norm(h)), carry
+
 
 class ByteEntropyModel(nn.Module):
     """Causal byte LM; ``forward(tokens) -> (logits [B,T,260], pre-norm hidden [B,T,dim])``."""
@@ -364,7 +451,7 @@ class ByteEntropyModel(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
-        self._table_cache: dict[tuple[int, str], tuple] = {}
+        self._table_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -393,21 +480,52 @@ class ByteEntropyModel(nn.Module):
             h = layer(h, cos, sin, bias)
         return h
 
+    def trunk_continued(
+        self,
+        tokens: torch.Tensor,
+        carry: list[AttentionCarry] | None = None,
+        keep: bool = True,
+    ) -> tuple[torch.Tensor, list[AttentionCarry] | None]:
+        """:meth:`trunk` for ``tokens [B, T]`` continuing a sequence: ``carry`` (from the call on
+        the preceding tokens; ``None`` at the sequence start, which computes exactly
+        :meth:`trunk`) holds each layer's keys and values of the last ``window`` positions.
+        Returns the hidden states and, if ``keep``, the carry for the next call. Consecutive
+        calls give a full-sequence :meth:`trunk` pass (up to float rounding: RoPE angles are
+        taken relative to each chunk) in O(chunk) memory, with no recomputed overlap."""
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        prefix = 0 if carry is None else self.config.window
+        cos, sin, bias = self._tables(prefix + tokens.shape[1], tokens.device)
+        h = self.tok_embeddings(tokens)
+        layer_carries = [None] * len(self.layers) if carry is None else carry
+        following = []
+        for layer, layer_carry in zip(self.layers, layer_carries, strict=True):
+            h, layer_carry = layer.forward_continued(h, cos, sin, bias, layer_carry, keep)
+            following.append(layer_carry)
+        return h, following if keep else None
+
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final RMSNorm + untied output projection."""
         return self.output(self.norm(hidden))
 
     def _tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RoPE tables (cached per length and device) and the attention band bias."""
-        key = (seq_len, str(device))
-        cached = self._table_cache.get(key)
-        if cached is None:
+        """RoPE tables for ``seq_len`` positions and the attention band bias.
+
+        One table per device, for the longest length seen: a shorter sequence uses its prefix
+        (row ``p`` depends on ``p`` only, so the prefix equals the shorter table bit for bit).
+        Chunked inference mixes lengths (full chunks, chunks with overlap, article tails);
+        a table per length would be recomputed whenever a bounded cache evicted it.
+        """
+        cached = self._table_cache.get(str(device))
+        if cached is None or cached[0].shape[0] < seq_len:
             cfg = self.config
-            cos, sin = rope_tables(seq_len, cfg.head_dim, cfg.rope_theta, device)
-            if len(self._table_cache) >= 8:
-                self._table_cache.clear()
-            cached = self._table_cache[key] = (cos, sin, band_bias(cfg.window, device))
-        return cached
+            # normal tensors even when first built under inference mode: training reuses them
+            with torch.inference_mode(False):
+                cos, sin = rope_tables(seq_len, cfg.head_dim, cfg.rope_theta, device)
+                bias = band_bias(cfg.window, device)
+            cached = self._table_cache[str(device)] = (cos, sin, bias)
+        cos, sin, bias = cached
+        return cos[:seq_len], sin[:seq_len], bias
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -441,6 +559,33 @@ def torch_runtime(num_threads: int | None, deterministic: bool = True) -> Iterat
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = 1 << 25) -> bool:
+    """Process-wide glibc malloc setting: keep freed memory instead of returning it to the OS.
+
+    Each inference chunk allocates and frees activation buffers of several MB. With glibc's
+    defaults those are handed back (heap trimming, munmap) and page-faulted in again by the
+    next chunk: up to ~1,000 minor faults per 2048-token chunk, and on a VM such faults
+    made the tiny model's forward pass (reference and entropy path alike) ~20% slower and
+    their timings noisy. Equivalent to ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=...:
+    glibc.malloc.mmap_threshold=...`` set at process start. Affects the whole process (it is
+    an opt-in for benchmarks and worker processes, never called implicitly); returns whether
+    it was applied (``False`` off glibc).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -650,8 +795,9 @@ def train_entropy_model(
 
 
 def default_chunk_size(config: EntropyModelConfig) -> int:
-    """Inference chunk: ≥2048 tokens and ≥4× the overlap, so recomputed context costs ≤25%
-    (about 3% for the tiny model) while activations stay cache-sized; a whole number of
+    """Inference chunk: ≥2048 tokens and ≥4× the receptive field (so an overlapping context,
+    :func:`iter_hidden_chunks` with ``context``, costs ≤25%) while activations stay cache-sized
+    (2560 is ~15% slower per token than 1536-2112 for the tiny model); a whole number of
     attention windows."""
     size = max(2048, 4 * receptive_field(config))
     return -(-size // config.window) * config.window
@@ -673,20 +819,35 @@ def iter_hidden_chunks(
     chunk_size: int | None = None,
     context: int | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Run the trunk over ``tokens`` in overlapping windows; memory O(chunk_size), not O(T).
+    """Run the trunk over ``tokens`` chunk by chunk; memory O(chunk_size), not O(T).
 
     Yields ``(start, hidden [n, D])`` (pre-norm hidden states) for positions
-    ``start .. start+n`` in order. Each window starts ``context`` tokens before its first kept
-    position (default: the receptive field ``n_layers·(window-1)``, rounded up to whole
-    windows), so every kept position sees exactly the context a full-sequence pass gives it.
+    ``start .. start+n`` in order, every position with exactly the context a full-sequence pass
+    gives it. By default the chunks do not overlap: each layer's keys and values of the last
+    ``window`` positions carry over into the next chunk (:meth:`ByteEntropyModel.
+    trunk_continued`), so nothing is recomputed. With ``context`` given, each chunk is instead
+    run from ``context`` tokens before its first kept position (:func:`default_context`, the
+    receptive field rounded up to whole windows, gives full context for ~3% recomputed tokens;
+    0 gives none at chunk starts).
     """
     config = model.config
     chunk = chunk_size or default_chunk_size(config)
-    ctx = default_context(config) if context is None else context
-    if chunk < 1 or ctx < 0:
-        raise ValueError(f"chunk_size must be >= 1 and context >= 0, got {chunk}, {ctx}")
+    if chunk < 1 or (context is not None and context < 0):
+        raise ValueError(f"chunk_size must be >= 1 and context >= 0, got {chunk}, {context}")
     device = next(model.parameters()).device
     total = len(tokens)
+    if context is None:
+        carry = None
+        for start in range(0, total, chunk):
+            window = np.ascontiguousarray(tokens[start : start + chunk], dtype=np.int64)
+            # inference mode only around the forward: a suspended generator must not leave it on
+            with torch.inference_mode():
+                hidden, carry = model.trunk_continued(
+                    torch.from_numpy(window).to(device)[None], carry, start + chunk < total
+                )
+            yield start, hidden[0]
+        return
+    ctx = context
     for start in range(0, total, chunk):
         lo = max(0, start - ctx)
         stop = min(total, start + chunk)
@@ -712,7 +873,33 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 def entropies_from_hidden(
     model: ByteEntropyModel, hidden: torch.Tensor, block: int = HEAD_BLOCK
 ) -> torch.Tensor:
-    """Head + entropy on ``hidden [n, D]`` in row blocks; float32 ``[n]`` nats."""
+    """Head + entropy on ``hidden [n, D]`` in row blocks; float32 ``[n]`` nats.
+
+    On CPU each block's logits are computed vocab-major, ``W_out · RMSNorm(h)ᵀ`` (``[V, rows]``,
+    the head's products in one matmul), and reduced by the compiled kernel
+    :func:`~sphere_assets.compute.entropy_kernel.entropy_of_columns` (two vectorized passes,
+    nothing but the entropies written; ~2x faster than :func:`entropy_from_logits`). Other
+    devices use :func:`entropy_from_logits` on the row-major head output.
+    """
+    if hidden.device.type != "cpu":
+        return entropies_from_hidden_torch(model, hidden, block)
+    # imported on first use: numba costs ~0.3 s to import, which only entropy work should pay
+    from sphere_assets.compute.entropy_kernel import entropy_of_columns
+
+    out = np.empty(hidden.shape[0], dtype=np.float32)
+    with torch.inference_mode():
+        normed = model.norm(hidden)
+        weight = model.output.weight
+        for s in range(0, hidden.shape[0], block):
+            logits_t = torch.mm(weight, normed[s : s + block].T).float()  # [V, rows], contiguous
+            entropy_of_columns(logits_t.numpy(), out[s : s + block])
+    return torch.from_numpy(out)
+
+
+def entropies_from_hidden_torch(
+    model: ByteEntropyModel, hidden: torch.Tensor, block: int = HEAD_BLOCK
+) -> torch.Tensor:
+    """:func:`entropies_from_hidden` in plain torch (any device): head + softmax entropy."""
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     with torch.inference_mode():
         for s in range(0, hidden.shape[0], block):

@@ -52,6 +52,19 @@ def test_windowed_attention_matches_naive_loop(seq_len, window):
     np.testing.assert_allclose(got, naive_window_attention(q, k, v, window), atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    ("seq_len", "window", "masked"), [(1, 4, 3), (4, 4, 0), (9, 4, 2), (37, 8, 8)]
+)
+def test_prefixed_windowed_attention_matches_naive_loop(seq_len, window, masked):
+    """A carried prefix of `window` keys/values (the first `masked` before the sequence start)
+    gives what the naive loop computes over prefix + sequence."""
+    gen = torch.Generator().manual_seed(seq_len * 7 + window + masked)
+    q, k, v = torch.randn(3, 2, 3, window + seq_len, 6, generator=gen).unbind(0)
+    got = em.windowed_causal_attention(q[:, :, window:], k, v, window, None, True, masked)
+    full = naive_window_attention(q[:, :, masked:], k[:, :, masked:], v[:, :, masked:], window)
+    np.testing.assert_allclose(got.double().numpy(), full[:, :, window - masked :], atol=2e-6)
+
+
 def test_sliding_window_mask_reference():
     mask = em.sliding_window_mask(6, 3).numpy()
     expected = np.array([[1 if 0 <= t - s < 3 else 0 for s in range(6)] for t in range(6)], bool)
@@ -126,13 +139,24 @@ def test_entropy_from_logits_matches_scipy():
     assert float(em.entropy_from_logits(uniform)[0]) == pytest.approx(math.log(260), rel=1e-6)
 
 
-def test_chunked_inference_matches_full_forward():
-    cfg = micro(window=5)
+def entropies_float64(model, hidden: torch.Tensor) -> np.ndarray:
+    """Independent reference: float64 head + scipy entropy of the softmax."""
+    with torch.no_grad():
+        n = torch.nn.functional.rms_norm(
+            hidden.double(), (hidden.shape[-1],), model.norm.weight.double(), model.norm.eps
+        )
+        logits = (n @ model.output.weight.double().T).numpy()
+    return scipy.stats.entropy(scipy.special.softmax(logits, axis=-1), axis=-1)
+
+
+@pytest.mark.parametrize("window", [5, 8])
+def test_chunked_inference_matches_full_forward(window):
+    cfg = micro(window=window, n_layers=3)
     model = em.build_model(cfg).eval()
     tokens = em.bytes_to_tokens(bytes(random.Random(0).randbytes(120)))
     with torch.no_grad():
         logits, hidden = model(torch.from_numpy(tokens))
-    full_h = em.entropy_from_logits(logits[0]).numpy()
+    full_h = entropies_float64(model, hidden[0])
 
     def chunked(chunk, context=None):
         out = np.empty(len(tokens), np.float32)
@@ -142,13 +166,60 @@ def test_chunked_inference_matches_full_forward():
             hid[start : start + len(h)] = h.numpy()
         return out, hid
 
-    for chunk in (1, 7, 50, 1000):
-        got, hid = chunked(chunk)
-        np.testing.assert_allclose(got, full_h, atol=2e-5)
-        np.testing.assert_allclose(hid, hidden[0].numpy(), atol=2e-5)
-    # without overlapping context the chunk starts lose context: the overlap is what fixes it
+    rf = em.receptive_field(cfg)
+    # default: keys/values carried between chunks; context=N: overlapping recomputation
+    for chunk, context in [(c, None) for c in (1, 2, window - 1, window, 7, 50, 121, 1000)] + [
+        (1, rf),
+        (7, em.default_context(cfg)),
+        (50, rf),
+    ]:
+        got, hid = chunked(chunk, context)
+        np.testing.assert_allclose(hid, hidden[0].numpy(), atol=2e-5, err_msg=f"{chunk} {context}")
+        np.testing.assert_allclose(got, full_h, atol=5e-5, err_msg=f"{chunk} {context}")
+    # without context the chunk starts lose it: carried state or overlap is what fixes it
     _, no_ctx = chunked(7, context=0)
     assert np.abs(no_ctx - hidden[0].numpy()).max() > 1e-2
+    # a sequence that fits one chunk is exactly the plain trunk
+    with torch.inference_mode():
+        first, carry = model.trunk_continued(torch.from_numpy(tokens)[None], None, keep=False)
+        assert carry is None
+        assert torch.equal(first, model.trunk(torch.from_numpy(tokens)[None]))
+
+
+def test_entropies_from_hidden_matches_float64_reference_and_torch_path():
+    cfg = micro(dim=32)
+    model = em.build_model(cfg).eval()
+    hidden = torch.randn(1000, cfg.dim, generator=torch.Generator().manual_seed(1))
+    seen = []
+    for scale in (1.0, 20.0, 50.0):  # near-uniform to peaked distributions
+        with torch.no_grad():
+            model.output.weight.mul_(scale)
+        expected = entropies_float64(model, hidden)
+        seen += [expected.min(), expected.max()]
+        # float32 logits (|z| up to ~30 nats) bound the agreement, not the entropy kernel
+        # (tests/compute/test_entropy_kernel.py checks that on exact float32 logits)
+        for block in (1, 7, 512, 4096):
+            got = em.entropies_from_hidden(model, hidden, block).numpy()
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5, err_msg=str(block))
+        np.testing.assert_allclose(
+            em.entropies_from_hidden_torch(model, hidden).numpy(), expected, rtol=1e-5, atol=2e-5
+        )
+    assert min(seen) < 0.1 and max(seen) > 5.0
+
+
+def test_tables_built_under_inference_mode_serve_training():
+    """RoPE tables are cached per device as one prefix table: a table first built by an
+    inference pass must still work for a training step (no inference tensors saved for
+    backward) and equal the table built for the shorter length."""
+    cfg = micro()
+    model = em.build_model(cfg)
+    with torch.inference_mode():
+        model(torch.arange(40)[None] % 200 + 4)
+    logits, _ = model(torch.arange(16)[None] % 200 + 4)
+    logits.sum().backward()
+    cos, sin, _ = model._tables(16, "cpu")
+    cos16, sin16 = em.rope_tables(16, cfg.head_dim, cfg.rope_theta)
+    assert torch.equal(cos, cos16) and torch.equal(sin, sin16)
 
 
 def test_sample_is_deterministic_order_independent_and_budgeted():
@@ -305,3 +376,15 @@ def test_safetensors_bytes_reads_back_with_library():
     back = load(payload)
     for name, arr in arrays.items():
         np.testing.assert_array_equal(back[name], arr)
+
+
+def test_keep_freed_memory_is_applied_and_harmless():
+    import platform
+
+    applied = em.keep_freed_memory()
+    if platform.libc_ver()[0] == "glibc":
+        assert applied
+    model = em.build_model(micro()).eval()
+    with torch.inference_mode():
+        logits, _ = model(torch.arange(40)[None] % 200 + 4)
+    assert torch.isfinite(logits).all()

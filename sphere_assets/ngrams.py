@@ -907,12 +907,10 @@ def adjacency_merged_equals_whole(
         problems.append("merged graph differs from the whole-corpus build")
     merged_context = load_context(store, ADJACENCY_MERGED, None)
     sequences = [read_patch_sequences(store, key) for key in store.partitions(PATCHES)]
-    offsets = [np.zeros(1, np.int64)]
-    for _, _, offs in sequences:
-        offsets.append(offs[1:] + offsets[-1][-1])
     all_patches = pa.concat_arrays([patches for _, patches, _ in sequences])
+    offsets = ng.sequence_offsets(np.concatenate([np.diff(offs) for _, _, offs in sequences]))
     context_equal = merged_context is not None and merged_context.equal(
-        cm.count_patch_contexts(all_patches, np.concatenate(offsets), merged_context.max_order)
+        cm.count_patch_contexts(all_patches, offsets, merged_context.max_order)
     )
     if not context_equal:
         problems.append("merged context counts differ from counting the whole corpus at once")

@@ -340,14 +340,7 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        batch, seq_len, dim = x.shape
-        # one matmul for q, k, v (the weights stay separate parameters, named as in BLT)
-        w_qkv = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
-        qkv = F.linear(x, w_qkv).view(batch, seq_len, 3, self.n_heads, self.head_dim)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
-        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)
-        out = windowed_causal_attention(q, k, qkv[2], self.window, bias)
-        return self.wo(out.transpose(1, 2).reshape(batch, seq_len, dim))
+        return self.forward_continued(x, cos, sin, bias, None, keep=False)[0]
 
     def forward_continued(
         self,
@@ -368,6 +361,7 @@ class Attention(nn.Module):
         """
         batch, seq_len, dim = x.shape
         window = self.window
+        # one matmul for q, k, v (the weights stay separate parameters, named as in BLT)
         w_qkv = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
         qkv = F.linear(x, w_qkv).view(batch, seq_len, 3, self.n_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, d]
@@ -422,8 +416,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        h = h + self.attention(self.attention_norm(h), cos, sin, bias)
-        return h + self.feed_forward(self.ffn_norm(h))
+        return self.forward_continued(h, cos, sin, bias, None, keep=False)[0]
 
     def forward_continued(
         self,
@@ -472,13 +465,7 @@ class ByteEntropyModel(nn.Module):
 
     def trunk(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedding + all blocks: the pre-norm hidden states (input of the final norm)."""
-        if tokens.dim() == 1:
-            tokens = tokens[None]
-        cos, sin, bias = self._tables(tokens.shape[1], tokens.device)
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, cos, sin, bias)
-        return h
+        return self.trunk_continued(tokens, None, keep=False)[0]
 
     def trunk_continued(
         self,

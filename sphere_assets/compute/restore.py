@@ -479,6 +479,19 @@ def _cover(index, edges, edge_bits, sentinel2, sentinel2_bits):
     )
 
 
+def _line_graph(
+    edges: np.ndarray, n_tokens: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nodes (2-grams) of 3-gram edges ``(a, b, c)``: source and target node of every edge, and
+    the (left, right) token ids of every node; nodes numbered in ascending code order."""
+    n_edges = edges.shape[0]
+    src_codes = edges[:, 0].astype(np.int64) * n_tokens + edges[:, 1]
+    dst_codes = edges[:, 1].astype(np.int64) * n_tokens + edges[:, 2]
+    node_codes, inverse = np.unique(np.concatenate([src_codes, dst_codes]), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return inverse[:n_edges], inverse[n_edges:], node_codes // n_tokens, node_codes % n_tokens
+
+
 def _edge_step(
     context: cm.ContextScorer | None, history: tuple[int, ...], token: int, weight: float
 ) -> tuple[float, tuple[int, ...]]:
@@ -541,18 +554,12 @@ def beam_search(
     n_edges = edges.shape[0]
     if n_edges == 0:
         return [], 0
-    src_codes = edges[:, 0].astype(np.int64) * n_tokens + edges[:, 1]
-    dst_codes = edges[:, 1].astype(np.int64) * n_tokens + edges[:, 2]
-    node_codes, inverse = np.unique(np.concatenate([src_codes, dst_codes]), return_inverse=True)
-    src = inverse[:n_edges]
-    dst = inverse[n_edges:]
-    left = (node_codes // n_tokens).astype(np.int64)
-    right = (node_codes % n_tokens).astype(np.int64)
+    src, dst, left, right = _line_graph(edges, n_tokens)
     is_end = (right == ng.END_ID).tolist()
     # out-edges per node: best weight first, then target node, then edge id (deterministic)
     order = np.lexsort((np.arange(n_edges), dst, -weights, src))
     last_token = edges[:, 2].tolist()
-    out: list[list[tuple[int, int, float, int]]] = [[] for _ in range(node_codes.size)]
+    out: list[list[tuple[int, int, float, int]]] = [[] for _ in range(left.size)]
     for e in order.tolist():
         out[int(src[e])].append((e, int(dst[e]), float(weights[e]), last_token[e]))
     starts = np.flatnonzero(left == ng.START_ID).tolist()
@@ -630,14 +637,10 @@ def covering_walks(
     n_edges = edges.shape[0]
     if n_edges == 0:
         return []
-    src_codes = edges[:, 0].astype(np.int64) * n_tokens + edges[:, 1]
-    dst_codes = edges[:, 1].astype(np.int64) * n_tokens + edges[:, 2]
-    node_codes, inverse = np.unique(np.concatenate([src_codes, dst_codes]), return_inverse=True)
-    src = inverse[:n_edges].tolist()
-    dst = inverse[n_edges:].tolist()
-    n_nodes = node_codes.size
-    left = (node_codes // n_tokens).tolist()
-    right = (node_codes % n_tokens).tolist()
+    src_nodes, dst_nodes, left_ids, right_ids = _line_graph(edges, n_tokens)
+    src, dst = src_nodes.tolist(), dst_nodes.tolist()
+    n_nodes = left_ids.size
+    left, right = left_ids.tolist(), right_ids.tolist()
     order = np.lexsort((np.arange(n_edges), -weights, np.asarray(src))).tolist()
     out: list[list[int]] = [[] for _ in range(n_nodes)]
     into: list[list[int]] = [[] for _ in range(n_nodes)]
@@ -835,6 +838,15 @@ def restore(
             "(a 3-gram needs its own bit, its 1-grams and both 2-grams set)",
         )
 
+    walks = (
+        [
+            (path_score(v.edges, v.weights, walk, context), distinct, walk)
+            for _, distinct, walk in covering_walks(v.edges, v.weights, index.n_tokens)
+        ]
+        if covering_walk
+        else []
+    )
+
     def search(span_length: int | None, uses: int) -> tuple[list, int]:
         found, reached = beam_search(
             v.edges,
@@ -845,12 +857,7 @@ def restore(
             length=span_length,
             context=context,
         )
-        if covering_walk:
-            found += [
-                (path_score(v.edges, v.weights, walk, context), distinct, walk)
-                for _, distinct, walk in covering_walks(v.edges, v.weights, index.n_tokens)
-                if span_length is None or len(walk) == span_length
-            ]
+        found += [w for w in walks if span_length is None or len(w[2]) == span_length]
         return found, reached
 
     paths, depth = search(length, max_edge_uses)

@@ -16,6 +16,8 @@ The maths lives in ``sphere_assets.compute`` (``entropy_model``, ``patcher``,
 Torch device and threads come from each asset's config (``device``: cpu | cuda | cuda:N | auto).
 """
 
+import collections
+import contextlib
 import hashlib
 import json
 import time
@@ -30,8 +32,10 @@ from pydantic import Field
 
 from sphere_assets import ingest
 from sphere_assets.compute import entropy_model as em
+from sphere_assets.compute import model_workers as mw
 from sphere_assets.compute import patch_embeddings as pe
 from sphere_assets.compute import patcher as pt
+from sphere_assets.compute.corpus import ProgressMeter
 from sphere_assets.contracts import (
     BLT_PATCHES_COLUMN_DOCS,
     BLT_PATCHES_SCHEMA,
@@ -280,7 +284,14 @@ class BltPatchesConfig(dg.Config):
     target_mean_patch_bytes: float = Field(4.5, description="calibration target (BLT: 4.5)")
     threshold: float | None = Field(None, description="fixed θ (nats) instead of calibrating")
     device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N | auto")
-    num_threads: int | None = Field(None, description="torch threads (None = the model's)")
+    num_threads: int | None = Field(
+        None, description="torch threads per worker process (None = the model's)"
+    )
+    workers: int = Field(
+        0,
+        description="worker processes, each with its own model copy and whole articles (0 = "
+        "one per available core when the run's shards hold >= 1 MB, else 1; 1 = this process)",
+    )
     chunk_size: int = Field(0, description="tokens per inference chunk (0 = model default)")
 
     def max_length(self) -> int | None:
@@ -350,8 +361,54 @@ def _buckets_md(buckets: dict[str, int]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def shard_bytes(store: Warehouse, asset: str, column: str, keys: list[str]) -> int:
+    """Article bytes in shards ``keys`` of ``asset``: the sum of its byte-count ``column``
+    (raw_articles ``n_bytes``, blt_patches ``byte_len``)."""
+    return sum(
+        int(pc.sum(store.read_table(asset, key, [column]).column(0)).as_py() or 0) for key in keys
+    )
+
+
+def in_partition(asset: str, key: str, results: Iterator) -> Iterator:
+    """``results`` with per-article errors (which name the article) also naming the asset and
+    partition."""
+    try:
+        yield from results
+    except RuntimeError as exc:
+        raise RuntimeError(f"asset '{asset}', partition '{key}': {exc}") from exc
+
+
+@contextlib.contextmanager
+def model_workers(
+    context, model, requested: int, threads: int | None, total_bytes: int
+) -> Iterator[mw.ModelWorkers | None]:
+    """The worker pool an asset run uses (None: work in this process), shut down afterwards."""
+    per_worker = threads or 1
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    # an accelerator is used from this process (automatic count) or refused (explicit count)
+    workers = mw.worker_count(requested, total_bytes, per_worker) if on_cpu or requested else 1
+    if workers <= 1:
+        context.log.info(
+            f"{total_bytes / 1e6:.2f} MB: in this process, {per_worker} torch thread(s)"
+        )
+        yield None
+        return
+    context.log.info(
+        f"{total_bytes / 1e6:.2f} MB: {workers} worker processes x {per_worker} torch thread(s)"
+    )
+    with mw.ModelWorkers(model, workers, per_worker) as pool:
+        yield pool
+
+
 def patch_shard(
-    store: Warehouse, key: str, model, calibration: pt.Calibration, config: BltPatchesConfig
+    store: Warehouse,
+    key: str,
+    model,
+    calibration: pt.Calibration,
+    config: BltPatchesConfig,
+    workers: mw.ModelWorkers | None,
+    batch_bytes: int,
+    progress: ProgressMeter,
 ) -> dict:
     """Patch every article of raw_articles/shard=key into blt_patches/shard=key."""
     chunk = config.chunk_size or None
@@ -360,32 +417,60 @@ def patch_shard(
     preview = None
     pending: list[pa.Table] = []
     pending_rows = 0
-    entropy_seconds = 0.0
-    t0 = time.perf_counter()
-    with store.partition_writer(PATCHES_ASSET, key) as writer, writer.table_stream() as out:
+    waiting_seconds = 0.0
+    # articles handed to patch_articles, not yet back: results arrive in this order
+    in_flight: collections.deque[tuple[str, bytes]] = collections.deque()
+
+    def articles() -> Iterator[tuple[str, bytes]]:
         for batch in store.iter_batches(RAW_ASSET, key, 64, ["article_id", "text"]):
             for article_id, text in zip(
                 batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
             ):
-                data = text.encode("utf-8")
-                t_ent = time.perf_counter()
-                res = pt.patch_article(
-                    model, data, calibration.threshold, config.mode, config.max_length(), chunk
-                )
-                entropy_seconds += time.perf_counter() - t_ent
+                in_flight.append((article_id, text.encode("utf-8")))
+                yield in_flight[-1]
+
+    t0 = time.perf_counter()
+    results = in_partition(
+        PATCHES_ASSET,
+        key,
+        pt.patch_articles(
+            model,
+            articles(),
+            calibration.threshold,
+            config.mode,
+            config.max_length(),
+            chunk,
+            workers=workers,
+            batch_bytes=batch_bytes,
+        ),
+    )
+    with store.partition_writer(PATCHES_ASSET, key) as writer, writer.table_stream() as out:
+        while True:
+            t_wait = time.perf_counter()
+            res = next(results, None)
+            waiting_seconds += time.perf_counter() - t_wait
+            if res is None:
+                break
+            article_id, data = in_flight.popleft()
+            try:
                 pt.check_reassembly(data, res.byte_start, res.byte_len)
-                table = patch_rows(article_id, data, res)
-                if preview is None and table.num_rows:
-                    preview = table.slice(0, 8)
-                pending.append(table)
-                pending_rows += table.num_rows
-                lengths_all.append(res.byte_len)
-                n_articles += 1
-                n_bytes += len(data)
-                n_patches += res.num_patches
-                if pending_rows >= ROWS_PER_WRITE:
-                    out.write(pa.concat_tables(pending))
-                    pending, pending_rows = [], 0
+            except ValueError as exc:
+                raise ContractError(
+                    PATCHES_ASSET, key, "patch", f"article '{article_id}': {exc}"
+                ) from exc
+            table = patch_rows(article_id, data, res)
+            if preview is None and table.num_rows:
+                preview = table.slice(0, 8)
+            pending.append(table)
+            pending_rows += table.num_rows
+            lengths_all.append(res.byte_len)
+            n_articles += 1
+            n_bytes += len(data)
+            n_patches += res.num_patches
+            progress.advance(1, len(data))
+            if pending_rows >= ROWS_PER_WRITE:
+                out.write(pa.concat_tables(pending))
+                pending, pending_rows = [], 0
         if pending or n_patches == 0:
             out.write(pa.concat_tables(pending) if pending else BLT_PATCHES_SCHEMA.empty_table())
     seconds = time.perf_counter() - t0
@@ -397,7 +482,8 @@ def patch_shard(
         "patches": n_patches,
         "lengths": lengths,
         "seconds": seconds,
-        "entropy_seconds": entropy_seconds,
+        # in this process: time inside the entropy model + patch rule
+        "entropy_seconds": waiting_seconds,
         "preview": preview,
     }
 
@@ -439,8 +525,20 @@ def blt_patches(
         f"(target {config.target_mean_patch_bytes})"
     )
     keys = list(context.partition_keys)
-    with em.torch_runtime(threads):
-        stats = [patch_shard(store, key, model, calibration, config) for key in keys]
+    total_bytes = shard_bytes(store, RAW_ASSET, "n_bytes", keys)
+    progress = ProgressMeter(lambda msg: context.log.info(f"blt_patches: {msg}"), total_bytes)
+    with (
+        em.torch_runtime(threads),
+        model_workers(context, model, config.workers, threads, total_bytes) as workers,
+    ):
+        n_workers = workers.workers if workers is not None else 1
+        batch_bytes = mw.batch_bytes_for(total_bytes, n_workers)
+        stats = [
+            patch_shard(store, key, model, calibration, config, workers, batch_bytes, progress)
+            for key in keys
+        ]
+        busy = workers.busy_seconds if workers is not None else None
+    progress.maybe_log(progress.records, progress.nbytes, force=True)
     lengths = np.concatenate([s["lengths"] for s in stats])
     n_bytes = sum(s["bytes"] for s in stats)
     n_patches = sum(s["patches"] for s in stats)
@@ -472,8 +570,14 @@ def blt_patches(
         "seconds": round(seconds, 3),
         "bytes_per_second": round(n_bytes / max(seconds, 1e-9), 1),
         "MB_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 4),
+        "workers": n_workers,
+        "torch_threads_per_worker": threads or 1,
+        # in this process: share of wall time in the model + patch rule; with workers: their
+        # utilization (summed compute time over workers x wall time)
         "entropy_share_of_time": round(
-            sum(s["entropy_seconds"] for s in stats) / max(seconds, 1e-9), 3
+            (busy if busy is not None else sum(s["entropy_seconds"] for s in stats))
+            / max(seconds * n_workers, 1e-9),
+            3,
         ),
         "length_histogram": histogram_markdown(lengths, f"blt_patches shard {label}"),
         "model_sha256": model_sha,
@@ -588,7 +692,14 @@ class PatchEmbeddingsConfig(dg.Config):
         "patch text; needs the 'minilm' extra). prominence always comes from the entropy model.",
     )
     device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N | auto")
-    num_threads: int | None = Field(None, description="torch threads (None = the model's)")
+    num_threads: int | None = Field(
+        None, description="torch threads per worker process (None = the model's)"
+    )
+    workers: int = Field(
+        0,
+        description="worker processes, each with its own model copy and whole articles (0 = "
+        "one per available core when the run's shards hold >= 1 MB, else 1; 1 = this process)",
+    )
     chunk_size: int = Field(0, description="tokens per inference chunk (0 = model default)")
 
 
@@ -645,12 +756,24 @@ def patch_embeddings(
         raise ValueError(
             f"patch_embeddings embedder must be entropy_model or minilm, got '{config.embedder}'"
         )
-    summaries = []
+    keys = list(context.partition_keys)
+    total_bytes = shard_bytes(store, PATCHES_ASSET, "byte_len", keys)
+    progress = ProgressMeter(lambda msg: context.log.info(f"patch_embeddings: {msg}"), total_bytes)
     t0 = time.perf_counter()
-    for key in context.partition_keys:
-        with em.torch_runtime(threads):
-            summaries.append(embed_shard(store, key, model, model_sha, config, minilm))
+    with (
+        em.torch_runtime(threads),
+        model_workers(context, model, config.workers, threads, total_bytes) as workers,
+    ):
+        n_workers = workers.workers if workers is not None else 1
+        batch_bytes = mw.batch_bytes_for(total_bytes, n_workers)
+        summaries = [
+            embed_shard(
+                store, key, model, model_sha, config, minilm, workers, batch_bytes, progress
+            )
+            for key in keys
+        ]
     seconds = time.perf_counter() - t0
+    progress.maybe_log(progress.records, progress.nbytes, force=True)
     n_patches = sum(s["patches"] for s in summaries)
     n_bytes = sum(s["bytes"] for s in summaries)
     prominence = np.concatenate([s["prominence"] for s in summaries])
@@ -670,6 +793,8 @@ def patch_embeddings(
             "prominence_p99": float(np.percentile(prominence, 99)) if prominence.size else 0.0,
             "seconds": round(seconds, 3),
             "MB_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 4),
+            "workers": n_workers,
+            "torch_threads_per_worker": threads or 1,
             "blt_v3_file": f"{BLT_V3_STEM}.safetensors",
             "model_sha256": model_sha,
             "path": dg.MetadataValue.path(
@@ -679,14 +804,34 @@ def patch_embeddings(
     )
 
 
-def embed_shard(store: Warehouse, key: str, model, model_sha: str, config, minilm) -> dict:
+def embed_shard(
+    store: Warehouse,
+    key: str,
+    model,
+    model_sha: str,
+    config,
+    minilm,
+    workers: mw.ModelWorkers | None,
+    batch_bytes: int,
+    progress: ProgressMeter,
+) -> dict:
     chunk = config.chunk_size or None
     embeddings, prominence, article_index, patch_index = [], [], [], []
     patch_entropy, byte_entropy, lengths, raw_bytes, ids = [], [], [], [], []
-    for a, (article_id, data, starts, lens, texts) in enumerate(
-        iter_article_patches(store, key, with_text=minilm is not None)
-    ):
-        vec = pe.pool_patch_embeddings(model, data, starts, lens, chunk)
+    # articles handed to pool_articles, not yet back: results arrive in this order
+    in_flight: collections.deque = collections.deque()
+
+    def articles() -> Iterator[tuple[str, bytes, np.ndarray, np.ndarray]]:
+        for article in iter_article_patches(store, key, with_text=minilm is not None):
+            in_flight.append(article)
+            yield article[:4]
+
+    vectors = in_partition(
+        EMBEDDINGS_ASSET, key, pe.pool_articles(model, articles(), chunk, workers, batch_bytes)
+    )
+    for a, vec in enumerate(vectors):
+        article_id, data, starts, lens, texts = in_flight.popleft()
+        progress.advance(1, len(data))
         if minilm is not None:
             embeddings.append(minilm.encode(texts))
         else:

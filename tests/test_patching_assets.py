@@ -279,6 +279,29 @@ def test_rematerialization_is_byte_identical(pipeline):
     assert digests(root / "patch_embeddings" / "shard=0") == emb_before
 
 
+def test_worker_processes_give_byte_identical_partitions(pipeline):
+    """workers=2 (spawned processes, each a model copy, whole articles) writes the same bytes as
+    the in-process run the fixture made (small shards stay in-process when workers=0)."""
+    resources, root, results = pipeline
+    assert metadata_of(results["patches/0"], "blt_patches")["workers"] == 1
+    patches_before = digests(root / "blt_patches" / "shard=0")
+    emb_before = digests(root / "patch_embeddings" / "shard=0")
+    res = run(
+        resources, [patching.blt_patches.key], "0", blt_patches=patching.BltPatchesConfig(workers=2)
+    )
+    meta = metadata_of(res, "blt_patches")
+    assert meta["workers"] == 2 and 0 < meta["entropy_share_of_time"] <= 1
+    assert digests(root / "blt_patches" / "shard=0") == patches_before
+    res = run(
+        resources,
+        [patching.patch_embeddings.key],
+        "0",
+        patch_embeddings=patching.PatchEmbeddingsConfig(workers=2),
+    )
+    assert metadata_of(res, "patch_embeddings")["workers"] == 2
+    assert digests(root / "patch_embeddings" / "shard=0") == emb_before
+
+
 @pytest.mark.slow
 def test_minilm_embedder_option(pipeline):
     """embedder=minilm swaps the vectors (384-d) and keeps prominence from the entropy model."""

@@ -393,6 +393,14 @@ class ProgressMeter:
         self.every_s = every_s
         self.start = time.perf_counter()
         self.last = self.start
+        self.records = 0
+        self.nbytes = 0
+
+    def advance(self, records: int, nbytes: int) -> None:
+        """Count ``records`` more (``nbytes`` bytes) and log if the interval has passed."""
+        self.records += records
+        self.nbytes += nbytes
+        self.maybe_log(self.records, self.nbytes)
 
     def maybe_log(self, records: int, nbytes: int, force: bool = False) -> None:
         now = time.perf_counter()

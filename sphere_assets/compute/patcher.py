@@ -8,8 +8,14 @@ Tokens and entropies
     ``H_t = -Σ_v softmax(z_t)_v · log_softmax(z_t)_v`` (nats, over all 260 logits) is the
     entropy of the model's prediction of token ``t+1`` after reading ``x_0..x_t``. So the entropy
     *of byte* ``i`` (the uncertainty before it was seen) is ``H_i`` (:func:`byte_entropies`).
-    ``H`` is computed in overlapping chunks (``entropy_model.iter_hidden_chunks``): every position
-    gets its full receptive field of context, memory stays O(chunk) however long the article.
+    ``H`` is computed chunk by chunk, each layer's keys/values carried into the next chunk
+    (``entropy_model.iter_hidden_chunks``): every position gets its full context, memory stays
+    O(chunk) however long the article.
+
+Many articles (:func:`patch_articles`)
+    In this process, or spread over worker processes that each hold a model copy
+    (``model_workers``), in batches of whole articles; results come back in input order and
+    bit-identical either way.
 
 Patch-start rule (BLT ``find_entropy_patch_start_ids``, reproduced exactly)
     Token positions 0 and 1 always start patches. With ``E = H[1:]`` (``E_j = H_{j+1}``):
@@ -45,7 +51,7 @@ first byte, the value that triggered the boundary in global mode).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +61,12 @@ from sphere_assets.compute.entropy_model import (
     bytes_to_tokens,
     entropies_from_hidden,
     iter_hidden_chunks,
+)
+from sphere_assets.compute.model_workers import (
+    MAX_BATCH_BYTES,
+    ModelWorkers,
+    byte_batches,
+    map_batches,
 )
 
 PATCHING_MODES = ("global", "monotonic")
@@ -259,6 +271,55 @@ def patch_article(
     """Entropies (bounded memory) + BLT rule for one article's bytes."""
     h = article_entropies(model, data, chunk_size)
     return patches_from_entropies(h, threshold, mode, max_patch_length)
+
+
+def patch_batch(
+    model: ByteEntropyModel,
+    articles: Sequence[tuple[str, bytes]],
+    threshold: float,
+    mode: str = DEFAULT_MODE,
+    max_patch_length: int | None = DEFAULT_MAX_PATCH_LENGTH,
+    chunk_size: int | None = None,
+) -> list[ArticlePatches]:
+    """:func:`patch_article` for each ``(article_id, bytes)``; an error names the article."""
+    results = []
+    for article_id, data in articles:
+        try:
+            results.append(
+                patch_article(model, data, threshold, mode, max_patch_length, chunk_size)
+            )
+        except Exception as exc:
+            raise RuntimeError(
+                f"patching article '{article_id}' ({len(data)} bytes): {exc}"
+            ) from exc
+    return results
+
+
+def patch_articles(
+    model: ByteEntropyModel,
+    articles: Iterable[tuple[str, bytes]],
+    threshold: float,
+    mode: str = DEFAULT_MODE,
+    max_patch_length: int | None = DEFAULT_MAX_PATCH_LENGTH,
+    chunk_size: int | None = None,
+    workers: ModelWorkers | None = None,
+    batch_bytes: int = MAX_BATCH_BYTES,
+) -> Iterator[ArticlePatches]:
+    """:func:`patch_article` over a stream of ``(article_id, bytes)``, results in input order:
+    in this process (``workers`` None) or on a :class:`~sphere_assets.compute.model_workers.
+    ModelWorkers` pool, in batches of whole articles of ~``batch_bytes`` bytes."""
+    _check_mode(mode)
+    batches = byte_batches(articles, lambda article: len(article[1]), batch_bytes)
+    yield from map_batches(
+        model,
+        patch_batch,
+        batches,
+        threshold,
+        mode,
+        max_patch_length,
+        chunk_size,
+        workers=workers,
+    )
 
 
 def check_reassembly(data: bytes, starts: np.ndarray, lengths: np.ndarray) -> None:

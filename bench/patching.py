@@ -1,10 +1,12 @@
 """Benchmark: BLT entropy + patching throughput vs the same run's raw model forward pass.
 
-    .venv/bin/python bench/patching.py [--threads 1 2] [--repeat 5] [--groups 12] [--steps N]
+    .venv/bin/python bench/patching.py [--threads 1 2] [--workers 2] [--repeat 5] [--groups 12]
 
 1. Trains the default tiny entropy model (EntropyModelConfig.tiny) on the bundled corpus
    (pydoc_data.topics) and reports training time, held-out bits/byte and the unigram baseline.
-2. Over every article of the corpus, per thread count, times each stage in --repeat rounds after
+2. Over every article of the corpus, per configuration (--threads: torch threads in this
+   process; --workers: that many worker processes of 1 torch thread each, the way the
+   blt_patches asset spreads whole articles over cores), times each stage in --repeat rounds after
    a warm-up round. The articles are split into --groups groups of about equal bytes, and every
    round runs all stages on one group before moving to the next (stage order rotating), so all
    stages see the same machine conditions at a grain of ~0.1-0.3 s. A stage's time is the sum
@@ -22,7 +24,10 @@
 
    and prints bytes/s and the overhead ratio ``t(entropy + patching) / t(raw forward) - 1``,
    from the sums of minima and, as a cross-check, as the median of the per-(round, group)
-   paired ratios.
+   paired ratios. With --workers every stage runs on the same pool, articles sent to the
+   workers in batches (``model_workers.byte_batches``) and results returned: the reference is
+   the raw forward pass spread the same way, and ``entropy + patching`` is
+   ``patcher.patch_articles`` on the pool, exactly as the asset calls it.
 
 Targets (issue 3): entropy + patching >= 0.2 MB/s on 2 cores for the tiny model, overhead <= 10%.
 The timed stages run with ``entropy_model.keep_freed_memory()`` (glibc keeps freed activation
@@ -37,6 +42,7 @@ minima put that noise into the ratio; the per-group interleaving and minima redu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -44,6 +50,7 @@ import numpy as np
 import torch
 
 from sphere_assets.compute import entropy_model as em
+from sphere_assets.compute import model_workers as mw
 from sphere_assets.compute import patch_embeddings as pe
 from sphere_assets.compute import patcher as pt
 
@@ -104,12 +111,18 @@ def timed_interleaved(
     }
 
 
-def raw_forward(model, articles, chunk):
+def raw_forward(model, articles, chunk=None):
+    chunk = chunk or em.default_chunk_size(model.config)
     with torch.inference_mode():
         for _, data in articles:
             tokens = torch.from_numpy(em.bytes_to_tokens(data))
             for s in range(0, len(tokens), chunk):
                 model(tokens[s : s + chunk][None])
+    return []
+
+
+def entropy_batch(model, articles):
+    return [pt.article_entropies(model, data) for _, data in articles]
 
 
 def entropy_only(model, articles):
@@ -131,9 +144,61 @@ def pooling(model, articles, patches):
         )
 
 
+def worker_stages(model, pool, articles, patches, threshold, batch_bytes):
+    """The timed stages on a worker pool: every stage sends its articles in the same batches."""
+
+    def batches(items):
+        return mw.byte_batches(items, lambda item: len(item[1]), batch_bytes)
+
+    def on_pool(fn, items):
+        for _ in mw.map_batches(model, fn, batches(items), workers=pool):
+            pass
+
+    def pick(items, indices):
+        return [items[i] for i in indices]
+
+    return {
+        "raw forward (ref)": lambda ix: on_pool(raw_forward, pick(articles, ix)),
+        "entropy": lambda ix: on_pool(entropy_batch, pick(articles, ix)),
+        "entropy + patching": lambda ix: list(
+            pt.patch_articles(
+                model,
+                pick(articles, ix),
+                threshold,
+                "global",
+                128,
+                workers=pool,
+                batch_bytes=batch_bytes,
+                keep_byte_entropy=False,  # as the blt_patches asset calls it
+            )
+        ),
+        "pooling (2nd pass)": lambda ix: list(
+            pe.pool_articles(
+                model,
+                [
+                    (a, d, p.byte_start, p.byte_len)
+                    for (a, d), p in zip(pick(articles, ix), pick(patches, ix), strict=True)
+                ],
+                workers=pool,
+                batch_bytes=batch_bytes,
+            )
+        ),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    ap.add_argument(
+        "--workers", type=int, nargs="*", default=[2], help="worker processes (1 thread each)"
+    )
+    ap.add_argument(
+        "--worker-groups",
+        type=int,
+        default=1,
+        help="article groups per round for --workers (1: the whole corpus as one stream, as "
+        "the asset streams a shard; a group boundary drains the pool)",
+    )
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--groups", type=int, default=12, help="article groups interleaved per round")
     ap.add_argument("--steps", type=int, default=None, help="override training steps")
@@ -187,7 +252,7 @@ def main() -> None:
     )
 
     header = (
-        f"{'threads':>7} | {'stage':<20} | {'min wall s':>10} | {'median s':>8} | "
+        f"{'config':<11} | {'stage':<20} | {'min wall s':>10} | {'median s':>8} | "
         f"{'min cpu s':>9} | {'MB/s':>6} | vs raw fwd"
     )
     print(header)
@@ -197,28 +262,39 @@ def main() -> None:
     def pick(items, indices):
         return [items[i] for i in indices]
 
-    for threads in args.threads:
-        with em.torch_runtime(threads):
+    def thread_stages(patches):
+        return {
+            "raw forward (ref)": lambda ix: raw_forward(model, pick(articles, ix), chunk),
+            "entropy": lambda ix: entropy_only(model, pick(articles, ix)),
+            "entropy + patching": lambda ix: entropy_and_patching(
+                model, pick(articles, ix), cal.threshold
+            ),
+            "pooling (2nd pass)": lambda ix: pooling(model, pick(articles, ix), pick(patches, ix)),
+        }
+
+    configs = [(f"{n} thread{'s' * (n > 1)}", n, None) for n in args.threads]
+    configs += [(f"{n} workers", 1, n) for n in args.workers if n >= 1]
+    worker_groups = byte_balanced_groups([len(d) for _, d in articles], args.worker_groups)
+    batch_bytes = mw.batch_bytes_for(total // len(worker_groups), max(args.workers or [1]))
+    for label, threads, workers in configs:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(em.torch_runtime(threads))
             patches: list = []
             entropy_and_patching(model, articles, cal.threshold, patches)
+            if workers is None:
+                stages = thread_stages(patches)
+            else:
+                pool = stack.enter_context(mw.ModelWorkers(model, workers, threads))
+                stages = worker_stages(model, pool, articles, patches, cal.threshold, batch_bytes)
             times = timed_interleaved(
-                {
-                    "raw forward (ref)": lambda ix: raw_forward(model, pick(articles, ix), chunk),
-                    "entropy": lambda ix: entropy_only(model, pick(articles, ix)),
-                    "entropy + patching": lambda ix: entropy_and_patching(
-                        model, pick(articles, ix), cal.threshold
-                    ),
-                    "pooling (2nd pass)": lambda ix, p=patches: pooling(
-                        model, pick(articles, ix), pick(p, ix)
-                    ),
-                },
-                groups,
-                args.repeat,
+                stages, groups if workers is None else worker_groups, args.repeat
             )
         raw = times["raw forward (ref)"][0]
         for name, (wall, median, cpu, _) in times.items():
+            # with workers the compute is in other processes: this process's CPU time is not it
+            cpu_text = f"{cpu:9.3f}" if workers is None else f"{'-':>9}"
             print(
-                f"{threads:>7} | {name:<20} | {wall:10.3f} | {median:8.3f} | {cpu:9.3f} | "
+                f"{label:<11} | {name:<20} | {wall:10.3f} | {median:8.3f} | {cpu_text} | "
                 f"{total / wall / 1e6:6.3f} | x{wall / raw:.3f}"
             )
         pat = times["entropy + patching"]
@@ -227,20 +303,26 @@ def main() -> None:
         ent = times["entropy"][0]
         summary.append(
             (
-                threads,
+                label,
                 total / pat[0] / 1e6,
                 pat[0] / raw - 1,
-                pat[2] / raw_cpu - 1,
+                None if workers else pat[2] / raw_cpu - 1,
                 pat[0] / ent - 1,
                 total / n_patches,
                 pat[3] - 1,
             )
         )
-    print()
-    for threads, mbps, overhead, overhead_cpu, rule_overhead, mean, paired in summary:
+    if args.workers:
         print(
-            f"threads={threads}: entropy+patching {mbps:.3f} MB/s (target >= 0.2); vs raw forward "
-            f"{overhead:+.1%} wall, {overhead_cpu:+.1%} cpu, paired median {paired:+.1%} "
+            f"(workers: {len(worker_groups)} article group(s) per round, {batch_bytes // 1024} KB "
+            "batches of whole articles; CPU time is in the worker processes)"
+        )
+    print()
+    for label, mbps, overhead, overhead_cpu, rule_overhead, mean, paired in summary:
+        cpu_text = "" if overhead_cpu is None else f", {overhead_cpu:+.1%} cpu"
+        print(
+            f"{label}: entropy+patching {mbps:.3f} MB/s (target >= 0.2); vs raw forward "
+            f"{overhead:+.1%} wall{cpu_text}, paired median {paired:+.1%} "
             f"(target <= +10%); patch rule + statistics on top of the entropies "
             f"{rule_overhead:+.1%}; mean patch {mean:.2f} bytes"
         )

@@ -290,7 +290,7 @@ class BltPatchesConfig(dg.Config):
     workers: int = Field(
         0,
         description="worker processes, each with its own model copy and whole articles (0 = "
-        "one per available core when the run's shards hold >= 1 MB, else 1; 1 = this process)",
+        "one per available core when the run's shards hold >= 4 MB, else 1; 1 = this process)",
     )
     chunk_size: int = Field(0, description="tokens per inference chunk (0 = model default)")
 
@@ -442,6 +442,7 @@ def patch_shard(
             chunk,
             workers=workers,
             batch_bytes=batch_bytes,
+            keep_byte_entropy=False,  # blt_patches stores per-patch entropies only
         ),
     )
     with store.partition_writer(PATCHES_ASSET, key) as writer, writer.table_stream() as out:
@@ -698,7 +699,7 @@ class PatchEmbeddingsConfig(dg.Config):
     workers: int = Field(
         0,
         description="worker processes, each with its own model copy and whole articles (0 = "
-        "one per available core when the run's shards hold >= 1 MB, else 1; 1 = this process)",
+        "one per available core when the run's shards hold >= 4 MB, else 1; 1 = this process)",
     )
     chunk_size: int = Field(0, description="tokens per inference chunk (0 = model default)")
 

@@ -40,12 +40,16 @@ from sphere_assets.compute import entropy_model as em
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# Inputs below this many bytes stay in-process when the worker count is automatic: starting a
-# pool (spawn + import torch per worker) costs about what ~0.5 MB of single-core patching does.
-PARALLEL_MIN_BYTES = 1_000_000
+# Inputs below this many bytes stay in-process when the worker count is automatic. Starting and
+# stopping a pool of 2 inside a Dagster step took ~4 s (spawn, the step's main module and torch
+# imported per worker, the entropy kernel loaded, process exit): the tiny model patches
+# ~0.25 MB/s on one core and ~0.5 MB/s on two, so two workers only pay off above ~2.5 MB.
+PARALLEL_MIN_BYTES = 4_000_000
 # Batches per worker the input is cut into when its size is known: enough that the last batch
-# leaves no core idle for long, few enough that per-task IPC (~0.2 ms) stays negligible.
-BATCHES_PER_WORKER = 4
+# leaves no core idle for long (results come back in order, so the tail is where a core
+# can idle), few enough that per-task IPC (~0.1 ms against ~30 ms of compute for 8 KB) is
+# negligible.
+BATCHES_PER_WORKER = 16
 MAX_BATCH_BYTES = 256 * 1024
 MIN_BATCH_BYTES = 8 * 1024
 

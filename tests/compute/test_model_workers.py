@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +67,7 @@ def test_worker_count_and_batch_size_rules():
         mw.worker_count(-1, 10)
     assert mw.batch_bytes_for(None, 2) == mw.MAX_BATCH_BYTES
     assert mw.batch_bytes_for(1000, 2) == mw.MIN_BATCH_BYTES
-    assert mw.batch_bytes_for(800_000, 2) == 100_000  # 4 batches per worker
+    assert mw.batch_bytes_for(800_000, 2) == 25_000  # 16 batches per worker
     assert mw.batch_bytes_for(10**9, 2) == mw.MAX_BATCH_BYTES
 
 
@@ -82,6 +84,14 @@ def test_patches_from_workers_equal_in_process(model, articles, pool):
         assert_same_patches(e, a)
         assert_same_patches(e, b)
     assert remote[0].num_patches == 0 and remote[1].num_patches == 1
+    slim = list(
+        pt.patch_articles(
+            model, articles, threshold, "global", 16, workers=pool, keep_byte_entropy=False
+        )
+    )
+    for e, b in zip(expected, slim, strict=True):
+        assert b.byte_entropy is None
+        assert_same_patches(e, dataclasses.replace(b, byte_entropy=e.byte_entropy))
     assert pool.busy_seconds > 0
 
 

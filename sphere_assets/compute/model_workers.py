@@ -189,6 +189,39 @@ class ModelWorkers:
         self.close()
 
 
+def _each_article(
+    model: em.ByteEntropyModel, batch: Sequence[tuple], fn: Callable, action: str, args: tuple
+) -> list:
+    """``fn(model, *article[1:], *args)`` for each article ``(article_id, bytes, ...)`` of
+    ``batch``; an error names the article."""
+    results = []
+    for article in batch:
+        try:
+            results.append(fn(model, *article[1:], *args))
+        except Exception as exc:
+            raise RuntimeError(
+                f"{action} article '{article[0]}' ({len(article[1])} bytes): {exc}"
+            ) from exc
+    return results
+
+
+def map_articles(
+    model: em.ByteEntropyModel,
+    fn: Callable[..., Result],
+    articles: Iterable[tuple],
+    *args: Any,
+    action: str,
+    workers: ModelWorkers | None = None,
+    batch_bytes: int = MAX_BATCH_BYTES,
+) -> Iterator[Result]:
+    """``fn(model, *article[1:], *args)`` over a stream of articles ``(article_id, bytes,
+    ...)``, results in input order: in this process (``workers`` None) or on the pool, in
+    batches of whole articles of ~``batch_bytes`` bytes. ``fn`` must be a module-level function
+    (workers import it); an error names the article (``"<action> article '<id>' ..."``)."""
+    batches = byte_batches(articles, lambda article: len(article[1]), batch_bytes)
+    yield from map_batches(model, _each_article, batches, fn, action, args, workers=workers)
+
+
 def map_batches(
     model: em.ByteEntropyModel,
     fn: Callable[..., list[Result]],

@@ -50,12 +50,7 @@ from sphere_assets.compute.entropy_model import (
     iter_hidden_chunks,
     safetensors_bytes,
 )
-from sphere_assets.compute.model_workers import (
-    MAX_BATCH_BYTES,
-    ModelWorkers,
-    byte_batches,
-    map_batches,
-)
+from sphere_assets.compute.model_workers import MAX_BATCH_BYTES, ModelWorkers, map_articles
 
 BLT_V3_FORMAT = "blt_patches_v3"
 
@@ -122,24 +117,6 @@ def pool_patch_embeddings(
     return PatchVectors(embeddings, prominence, patch_entropy, entropy)
 
 
-def pool_batch(
-    model: ByteEntropyModel,
-    articles: Sequence[tuple[str, bytes, np.ndarray, np.ndarray]],
-    chunk_size: int | None = None,
-) -> list[PatchVectors]:
-    """:func:`pool_patch_embeddings` for each ``(article_id, bytes, byte_start, byte_len)``;
-    an error names the article."""
-    results = []
-    for article_id, data, starts, lengths in articles:
-        try:
-            results.append(pool_patch_embeddings(model, data, starts, lengths, chunk_size))
-        except Exception as exc:
-            raise RuntimeError(
-                f"pooling article '{article_id}' ({len(data)} bytes): {exc}"
-            ) from exc
-    return results
-
-
 def pool_articles(
     model: ByteEntropyModel,
     articles: Iterable[tuple[str, bytes, np.ndarray, np.ndarray]],
@@ -149,9 +126,17 @@ def pool_articles(
 ) -> Iterator[PatchVectors]:
     """:func:`pool_patch_embeddings` over a stream of ``(article_id, bytes, byte_start,
     byte_len)``, results in input order: in this process (``workers`` None) or on a
-    ``ModelWorkers`` pool, in batches of whole articles of ~``batch_bytes`` bytes."""
-    batches = byte_batches(articles, lambda article: len(article[1]), batch_bytes)
-    yield from map_batches(model, pool_batch, batches, chunk_size, workers=workers)
+    ``ModelWorkers`` pool, in batches of whole articles of ~``batch_bytes`` bytes; an error
+    names the article."""
+    yield from map_articles(
+        model,
+        pool_patch_embeddings,
+        articles,
+        chunk_size,
+        action="pooling",
+        workers=workers,
+        batch_bytes=batch_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

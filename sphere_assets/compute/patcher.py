@@ -62,12 +62,7 @@ from sphere_assets.compute.entropy_model import (
     entropies_from_hidden,
     iter_hidden_chunks,
 )
-from sphere_assets.compute.model_workers import (
-    MAX_BATCH_BYTES,
-    ModelWorkers,
-    byte_batches,
-    map_batches,
-)
+from sphere_assets.compute.model_workers import MAX_BATCH_BYTES, ModelWorkers, map_articles
 
 PATCHING_MODES = ("global", "monotonic")
 DEFAULT_MODE = "global"
@@ -273,28 +268,18 @@ def patch_article(
     return patches_from_entropies(h, threshold, mode, max_patch_length)
 
 
-def patch_batch(
+def patch_article_without_byte_entropy(
     model: ByteEntropyModel,
-    articles: Sequence[tuple[str, bytes]],
+    data: bytes,
     threshold: float,
     mode: str = DEFAULT_MODE,
     max_patch_length: int | None = DEFAULT_MAX_PATCH_LENGTH,
     chunk_size: int | None = None,
-    keep_byte_entropy: bool = True,
-) -> list[ArticlePatches]:
-    """:func:`patch_article` for each ``(article_id, bytes)``; an error names the article.
-    ``keep_byte_entropy=False`` sets ``byte_entropy`` to None (4 bytes per article byte less
-    to send back from a worker when only the per-patch values are wanted)."""
-    results = []
-    for article_id, data in articles:
-        try:
-            res = patch_article(model, data, threshold, mode, max_patch_length, chunk_size)
-            results.append(res if keep_byte_entropy else replace(res, byte_entropy=None))
-        except Exception as exc:
-            raise RuntimeError(
-                f"patching article '{article_id}' ({len(data)} bytes): {exc}"
-            ) from exc
-    return results
+) -> ArticlePatches:
+    """:func:`patch_article` with ``byte_entropy`` None: 4 bytes per article byte less to send
+    back from a worker when only the per-patch values are wanted."""
+    res = patch_article(model, data, threshold, mode, max_patch_length, chunk_size)
+    return replace(res, byte_entropy=None)
 
 
 def patch_articles(
@@ -311,19 +296,20 @@ def patch_articles(
     """:func:`patch_article` over a stream of ``(article_id, bytes)``, results in input order:
     in this process (``workers`` None) or on a :class:`~sphere_assets.compute.model_workers.
     ModelWorkers` pool, in batches of whole articles of ~``batch_bytes`` bytes
-    (``keep_byte_entropy``: see :func:`patch_batch`)."""
+    (``keep_byte_entropy=False``: :func:`patch_article_without_byte_entropy`); an error names
+    the article."""
     _check_mode(mode)
-    batches = byte_batches(articles, lambda article: len(article[1]), batch_bytes)
-    yield from map_batches(
+    yield from map_articles(
         model,
-        patch_batch,
-        batches,
+        patch_article if keep_byte_entropy else patch_article_without_byte_entropy,
+        articles,
         threshold,
         mode,
         max_patch_length,
         chunk_size,
-        keep_byte_entropy,
+        action="patching",
         workers=workers,
+        batch_bytes=batch_bytes,
     )
 
 

@@ -132,11 +132,11 @@ def test_imap_reads_input_lazily(pool):
     def items():
         for i in range(50):
             pulled.append(i)
-            yield [("a", bytes([65 + i % 26]) * 10)]
+            yield bytes([65 + i % 26]) * 10
 
-    results = pool.imap(pt.patch_batch, items(), 2.0, "global", None, None)
+    results = pool.imap(pt.patch_article, items(), 2.0, "global", None, None)
     first = next(results)
-    assert len(first) == 1 and first[0].byte_len.sum() == 10
+    assert first.byte_len.sum() == 10
     assert len(pulled) <= pool.max_in_flight + 1  # bounded look-ahead, not the whole stream
     rest = list(results)
     assert len(rest) == 49 and len(pulled) == 50

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sphere_assets.compute.ngrams import sequence_offsets
-from sphere_assets.compute.synthetic_patches import PatchedCorpus, bundled_corpus
+from sphere_assets.lib.sketch.ngrams import sequence_offsets
+from sphere_assets.lib.sketch.synthetic_patches import PatchedCorpus, bundled_corpus
 
 
 def warehouse_corpus(warehouse: str) -> PatchedCorpus | None:

@@ -7,9 +7,9 @@ with count, 64-bit hash, register and run — i.e. the content of an ``ngram_ind
 
 Measured in the same run, on the same occurrences:
 
-* ``indexer``          sphere_assets.compute.ngrams.index_sequences (+ hashes + reg/run),
+* ``indexer``          sphere_assets.lib.sketch.ngrams.index_sequences (+ hashes + reg/run),
                        first-occurrence order (canonical=False); its kernels are compiled
-                       with numba (sphere_assets.compute.key_kernels) and use up to 2 threads;
+                       with numba (sphere_assets.lib.sketch.key_kernels) and use up to 2 threads;
 * ``indexer+sort``     the same with canonical (byte-ordered) rows, as the asset writes them;
 * ``loop: hash only`` the reference: a plain per-occurrence ``mmh3.hash64(key, seed=0,
                        signed=False)[0]`` loop over *prebuilt* keys (key building not timed);
@@ -37,9 +37,9 @@ import mmh3
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._patch_source import concat_corpora, load_corpus, warehouse_corpus  # noqa: E402
-from sphere_assets.compute import hllset as hs  # noqa: E402
-from sphere_assets.compute import ngrams as ng  # noqa: E402
-from sphere_assets.compute.synthetic_patches import bundled_corpus, from_sequences  # noqa: E402
+from sphere_assets.lib.sketch import hllset as hs  # noqa: E402
+from sphere_assets.lib.sketch import ngrams as ng  # noqa: E402
+from sphere_assets.lib.sketch.synthetic_patches import bundled_corpus, from_sequences  # noqa: E402
 
 
 def indexer(corpus, p: int, canonical: bool):

@@ -49,10 +49,10 @@ import time
 import numpy as np
 import torch
 
-from sphere_assets.compute import entropy_model as em
-from sphere_assets.compute import model_workers as mw
-from sphere_assets.compute import patch_embeddings as pe
-from sphere_assets.compute import patcher as pt
+from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text import model_workers as mw
+from sphere_assets.lib.text import patch_embeddings as pe
+from sphere_assets.lib.text import patcher as pt
 
 
 def corpus() -> list[tuple[str, bytes]]:

@@ -4,7 +4,7 @@
 
 Source: every shard of the full bundled corpus. Without ``--warehouse`` the bench builds a
 temporary warehouse: raw_articles (the ingest code), blt_patches and patch_embeddings from the
-synthetic stand-ins (``sphere_assets.compute.synthetic_catalog``: content-defined patches, D=64
+synthetic stand-ins (``sphere_assets.catalog.synthetic``: content-defined patches, D=64
 vectors like the tiny entropy model's); with ``--warehouse`` it publishes what that warehouse
 holds (e.g. after ``make run``).
 
@@ -39,7 +39,7 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sphere_assets.compute import pg_publish  # noqa: E402
+from sphere_resources import pg_publish  # noqa: E402
 from sphere_resources.store import Warehouse  # noqa: E402
 
 DEFAULT_URL = os.environ.get(
@@ -48,11 +48,11 @@ DEFAULT_URL = os.environ.get(
 
 
 def build_warehouse(root: Path, n_shards: int, dim: int) -> Warehouse:
-    from sphere_assets.compute.corpus import write_shards
-    from sphere_assets.compute.synthetic_catalog import (
+    from sphere_assets.catalog.synthetic import (
         write_synthetic_embeddings,
         write_synthetic_patches,
     )
+    from sphere_assets.ingest.io import write_shards
     from sphere_resources.corpus import CorpusSourceResource
 
     store = Warehouse(root)

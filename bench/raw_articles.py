@@ -21,9 +21,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from sphere_assets import ingest
-from sphere_assets.compute.corpus import file_records, write_shards
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.ingest.io import write_shards
 from sphere_resources.corpus import CorpusSourceResource
+from sphere_resources.corpus_sources import file_records
 from sphere_resources.store import Warehouse
 from sphere_resources.warehouse import WarehouseResource
 

@@ -44,9 +44,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench._patch_source import load_corpus, warehouse_corpus  # noqa: E402
-from sphere_assets.compute import context_model as cm  # noqa: E402
-from sphere_assets.compute import ngrams as ng  # noqa: E402
-from sphere_assets.compute import restore as rs  # noqa: E402
+from sphere_assets.lib.sketch import context_model as cm  # noqa: E402
+from sphere_assets.lib.sketch import ngrams as ng  # noqa: E402
+from sphere_assets.lib.sketch import restore as rs  # noqa: E402
 
 
 def levenshtein(a: list[int], b: list[int]) -> int:

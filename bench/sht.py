@@ -32,7 +32,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sphere_assets.compute import sht  # noqa: E402
+from sphere_assets.lib.sphere import sht  # noqa: E402
 
 TARGETS = {
     "build_L32_s": 0.05,

@@ -73,8 +73,8 @@ def corpus_embeddings() -> tuple[np.ndarray, np.ndarray] | None:
 
 def run_case(source: str, n: int, method: str) -> dict:
     """Child process body: one (data, method) case."""
-    from sphere_assets.compute import thrml_langevin as tl
-    from sphere_assets.compute import waterfill as wf
+    from sphere_assets.lib.sphere import thrml_langevin as tl
+    from sphere_assets.lib.sphere import waterfill as wf
 
     init = None
     if source == "corpus":

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p_sql.add_argument("query")
     p_sql.add_argument("--catalog", default=os.environ.get("SPHERE_CATALOG", "data/sphere.duckdb"))
     try:
-        from sphere_assets.restore_cli import add_restore_parser
+        from sphere_assets.ngrams.restore_cli import add_restore_parser
     except ImportError:
         add_restore_parser = None
     if add_restore_parser is not None:

@@ -11,22 +11,17 @@ import os
 
 import dagster as dg
 
-from sphere_assets import (
-    automation,
-    catalog,
-    harmonics,
-    ingest,
-    jobs,
-    ngrams,
-    patching,
-    placements,
-    publish,
-    schedules,
-    sensors,
-)
-from sphere_assets.contracts import CONTRACTS, DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
+from sphere_assets.catalog import duckdb_catalog as catalog
+from sphere_assets.catalog import postgres_catalog as publish
+from sphere_assets.harmonics import sh_basis as harmonics
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.ngrams import assets as ngrams
+from sphere_assets.ngrams.settings import DEFAULT_MAX_ORDER, DEFAULT_SPAN_PATCHES, HllSetResource
+from sphere_assets.patching import assets as patching
+from sphere_assets.placements import shell_placements as placements
+from sphere_assets.refresh import automation, jobs, schedules, sensors
+from sphere_resources.contracts import CONTRACTS, DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
 from sphere_resources.corpus import CorpusSourceResource
-from sphere_resources.hllset import DEFAULT_MAX_ORDER, DEFAULT_SPAN_PATCHES, HllSetResource
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.warehouse import WarehouseResource

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from sphere_assets.compute.corpus import (
+from sphere_resources.corpus_sources import (
     FieldNames,
     SourceRecord,
     bundled_records,

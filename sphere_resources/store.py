@@ -1,6 +1,6 @@
 """Warehouse storage (pure, no Dagster): Hive-partitioned Parquet + safetensors with atomic partition replacement.
 
-Layout (see ``sphere_assets.contracts``)::
+Layout (see ``sphere_resources.contracts``)::
 
     <root>/<asset>/<dim>=<key>/part-0.parquet      partitioned asset (dim = shard | L)
     <root>/<asset>/<dim>=<key>/<stem>.safetensors
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from sphere_assets.contracts import (
+from sphere_resources.contracts import (
     PARQUET_PART_NAME,
     AssetContract,
     ContractError,

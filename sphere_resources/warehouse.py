@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from sphere_assets.contracts import DEFAULT_WAREHOUSE_ROOT
+from sphere_resources.contracts import DEFAULT_WAREHOUSE_ROOT
 from sphere_resources.store import (  # noqa: F401  (re-exported for callers)
     PartitionWriter,
     Warehouse,

@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from sphere_assets.catalog import DuckDBCatalogResource
+from sphere_assets.catalog.duckdb_catalog import DuckDBCatalogResource
+from sphere_assets.ngrams.settings import HllSetResource
 from sphere_resources.corpus import CorpusSourceResource
-from sphere_resources.hllset import HllSetResource
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.warehouse import WarehouseResource

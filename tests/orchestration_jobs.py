@@ -14,8 +14,8 @@ import signal
 
 import dagster as dg
 
-from sphere_assets import ingest
-from sphere_assets.jobs import OP_RETRY_POLICY, RUN_RETRY_TAGS
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.refresh.jobs import OP_RETRY_POLICY, RUN_RETRY_TAGS
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.warehouse import WarehouseResource
 

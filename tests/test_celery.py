@@ -28,9 +28,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sphere_assets import ingest, patching
+from sphere_assets.core.partitions import shard_keys
 from sphere_assets.definitions import ALL_ASSETS, FAMILY_CHECKS, RESOURCES, defs
-from sphere_assets.partitions import shard_keys
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.patching import assets as patching
 from sphere_resources.warehouse import WarehouseResource
 from tests.pg_util import fresh_database, with_database
 

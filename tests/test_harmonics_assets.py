@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets import harmonics
-from sphere_assets.compute import sht
-from sphere_assets.contracts import SH_BASIS_SCHEMA, ContractError
 from sphere_assets.definitions import duckdb_catalog
+from sphere_assets.harmonics import sh_basis as harmonics
+from sphere_assets.harmonics.contract import SH_BASIS_SCHEMA
+from sphere_assets.lib.sphere import sht
+from sphere_resources.contracts import ContractError
 from sphere_resources.store import read_safetensors
 
 ASSETS = [harmonics.sh_basis, harmonics.sh_basis_orthonormal]

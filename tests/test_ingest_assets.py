@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets import ingest
-from sphere_assets.compute.corpus import shard_of
+from sphere_assets.core.partitions import shard_keys
 from sphere_assets.definitions import duckdb_catalog
-from sphere_assets.partitions import shard_keys
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.lib.text.corpus import shard_of
 from sphere_resources.corpus import CorpusSourceResource
 
 REPO = Path(__file__).resolve().parent.parent

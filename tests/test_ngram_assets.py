@@ -10,18 +10,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets import ngrams as assets
-from sphere_assets import restore_cli
-from sphere_assets.compute import adjacency as adj
-from sphere_assets.compute import context_model as cm
-from sphere_assets.compute import hllset as hs
-from sphere_assets.compute import ngrams as ng
-from sphere_assets.compute import restore as rs
-from sphere_assets.compute import synthetic_patches as sp
-from sphere_assets.compute.corpus import shard_of
-from sphere_assets.contracts import BLT_PATCHES_SCHEMA, ContractError
-from sphere_assets.partitions import shard_partitions
-from sphere_resources.hllset import HllSetResource
+from sphere_assets.core.partitions import shard_partitions
+from sphere_assets.lib.sketch import adjacency as adj
+from sphere_assets.lib.sketch import context_model as cm
+from sphere_assets.lib.sketch import hllset as hs
+from sphere_assets.lib.sketch import ngrams as ng
+from sphere_assets.lib.sketch import restore as rs
+from sphere_assets.lib.sketch import synthetic_patches as sp
+from sphere_assets.lib.text.corpus import shard_of
+from sphere_assets.ngrams import assets as assets
+from sphere_assets.ngrams import restore_cli
+from sphere_assets.ngrams.settings import HllSetResource
+from sphere_assets.patching.contract import BLT_PATCHES_SCHEMA
+from sphere_resources.contracts import ContractError
 from sphere_resources.store import Warehouse, read_safetensors
 
 P = 10

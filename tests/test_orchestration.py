@@ -16,15 +16,16 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets import ingest, jobs, schedules, sensors
-from sphere_assets.automation import apply_orchestration, automated_keys
 from sphere_assets.cli import plan_stages
-from sphere_assets.compute.corpus import shard_of
-from sphere_assets.compute.incoming import loads_state
-from sphere_assets.contracts import CONTRACTS
+from sphere_assets.core.partitions import shard_keys, shard_partitions
 from sphere_assets.definitions import ALL_ASSETS, defs
-from sphere_assets.freshness import MaterializationIndex, plan_partition
-from sphere_assets.partitions import shard_keys, shard_partitions
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.lib.text.corpus import shard_of
+from sphere_assets.refresh import jobs, schedules, sensors
+from sphere_assets.refresh.automation import apply_orchestration, automated_keys
+from sphere_assets.refresh.freshness import MaterializationIndex, plan_partition
+from sphere_assets.refresh.incoming import loads_state
+from sphere_resources.contracts import CONTRACTS
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.warehouse import WarehouseResource
 
@@ -579,12 +580,12 @@ def test_failing_blocking_check_blocks_downstream(resources):
     check = ingest.raw_articles_ids_unique_and_sharded
     assert any(spec.blocking for spec in check.check_specs)
     store = resources["warehouse"].store()
-    from sphere_assets.compute.corpus import rows_to_table
+    from sphere_assets.ingest.io import rows_to_table
 
     # plant a row in the wrong shard, as a buggy writer would
     bad_id = next(f"x{i}" for i in range(100) if shard_of(f"x{i}", N) != 1)
     with store.partition_writer("raw_articles", "1") as w:
-        from sphere_assets.compute.corpus import ArticleRow
+        from sphere_assets.lib.text.corpus import ArticleRow
 
         w.write_table(rows_to_table([ArticleRow(bad_id, "t", "text", "test", 4, None)]))
     res = dg.materialize(

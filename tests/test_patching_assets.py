@@ -13,16 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sphere_assets import ingest, patching
-from sphere_assets.compute import entropy_model as em
-from sphere_assets.compute import patch_embeddings as pe
-from sphere_assets.contracts import (
+from sphere_assets.core.partitions import shard_keys
+from sphere_assets.definitions import duckdb_catalog
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text import patch_embeddings as pe
+from sphere_assets.patching import assets as patching
+from sphere_assets.patching.contract import (
     BLT_PATCHES_SCHEMA,
     ENTROPY_MODEL_SCHEMA,
     PATCH_EMBEDDINGS_SCHEMA,
 )
-from sphere_assets.definitions import duckdb_catalog
-from sphere_assets.partitions import shard_keys
 
 ASSETS = [
     ingest.raw_articles,
@@ -93,7 +94,7 @@ def digests(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """raw_articles (all shards) -> entropy_model -> blt_patches/patch_embeddings for 2 shards."""
-    from sphere_assets.catalog import DuckDBCatalogResource
+    from sphere_assets.catalog.duckdb_catalog import DuckDBCatalogResource
     from sphere_resources.corpus import CorpusSourceResource
     from sphere_resources.warehouse import WarehouseResource
 
@@ -340,7 +341,7 @@ def test_empty_shard_gives_empty_partitions_and_passing_checks(pipeline):
     Runs last: it empties raw_articles shard 3, which changes the corpus the model trains on."""
     resources, root, _ = pipeline
     store = resources["warehouse"].store()
-    from sphere_assets.contracts import RAW_ARTICLES_SCHEMA
+    from sphere_assets.ingest.contract import RAW_ARTICLES_SCHEMA
 
     with store.partition_writer("raw_articles", "3") as writer:
         writer.write_table(RAW_ARTICLES_SCHEMA.empty_table())

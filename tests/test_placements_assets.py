@@ -16,10 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets import harmonics, placements
-from sphere_assets.compute import patch_embeddings as pe
-from sphere_assets.compute import waterfill as wf
-from sphere_assets.contracts import PATCH_EMBEDDINGS_SCHEMA, SHELL_PLACEMENTS_SCHEMA
+from sphere_assets.harmonics import sh_basis as harmonics
+from sphere_assets.lib.sphere import waterfill as wf
+from sphere_assets.lib.text import patch_embeddings as pe
+from sphere_assets.patching.contract import PATCH_EMBEDDINGS_SCHEMA
+from sphere_assets.placements import shell_placements as placements
+from sphere_assets.placements.contract import SHELL_PLACEMENTS_SCHEMA
 from sphere_resources.store import read_safetensors
 
 ASSETS = [placements.shell_placements, *placements.CHECKS]

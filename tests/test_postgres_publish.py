@@ -1,7 +1,7 @@
 """postgres_catalog against the real server: a fresh database, shards from a temporary warehouse.
 
 Upstream: raw_articles materialized by Dagster; blt_patches written by the synthetic stand-in
-(sphere_assets.compute.synthetic_catalog) because the real one needs a trained model.
+(sphere_assets.catalog.synthetic) because the real one needs a trained model.
 """
 
 import json
@@ -20,15 +20,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets import ingest, publish
-from sphere_assets.compute import pg_publish
-from sphere_assets.compute.synthetic_catalog import (
+from sphere_assets.catalog import postgres_catalog as publish
+from sphere_assets.catalog.synthetic import (
     write_synthetic_embeddings,
     write_synthetic_patches,
     write_synthetic_placements,
 )
-from sphere_assets.contracts import CONTRACTS
-from sphere_assets.partitions import shard_keys
+from sphere_assets.core.partitions import shard_keys
+from sphere_assets.ingest import raw_articles as ingest
+from sphere_resources import pg_publish
+from sphere_resources.contracts import CONTRACTS
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.store import Warehouse
@@ -332,7 +333,8 @@ def test_unreachable_postgres_names_host_and_database_and_is_retried(source_root
 
 PUBLISH_SCRIPT = """
 import json, sys, psycopg
-from sphere_assets.compute import pg_publish
+import sphere_assets  # registers the data contracts, as the publishing asset's process does
+from sphere_resources import pg_publish
 from sphere_resources.store import Warehouse
 url, root, shard = sys.argv[1:4]
 with psycopg.connect(url) as conn:

@@ -6,17 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets.contracts import (
-    RAW_ARTICLES_SCHEMA,
-    AssetContract,
-    ContractError,
-    TensorSpec,
-    register,
-)
+from sphere_assets.ingest.contract import RAW_ARTICLES_SCHEMA
+from sphere_resources.contracts import AssetContract, ContractError, TensorSpec, register
 from sphere_resources.warehouse import Warehouse, canonical_safetensors, read_safetensors
 
 TEST_CONTRACT = "test_vectors"
-if TEST_CONTRACT not in __import__("sphere_assets.contracts", fromlist=["CONTRACTS"]).CONTRACTS:
+if TEST_CONTRACT not in __import__("sphere_resources.contracts", fromlist=["CONTRACTS"]).CONTRACTS:
     register(
         AssetContract(
             name=TEST_CONTRACT,

@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sphere_assets.compute import adjacency as adj
-from sphere_assets.compute import ngrams as ng
-from sphere_assets.compute import synthetic_patches as sp
+from sphere_assets.lib.sketch import adjacency as adj
+from sphere_assets.lib.sketch import ngrams as ng
+from sphere_assets.lib.sketch import synthetic_patches as sp
 
 S, E = ng.START, ng.END
 

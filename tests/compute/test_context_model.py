@@ -11,10 +11,10 @@ import mmh3
 import numpy as np
 import pytest
 
-from sphere_assets.compute import context_model as cm
-from sphere_assets.compute import ngrams as ng
-from sphere_assets.compute import restore as rs
-from sphere_assets.compute import synthetic_patches as sp
+from sphere_assets.lib.sketch import context_model as cm
+from sphere_assets.lib.sketch import ngrams as ng
+from sphere_assets.lib.sketch import restore as rs
+from sphere_assets.lib.sketch import synthetic_patches as sp
 
 
 def piece(token: bytes | str) -> bytes:

@@ -4,15 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sphere_assets.compute.corpus import (
-    FieldNames,
-    ShardSplitter,
-    SourceRecord,
-    bundled_records,
-    file_records,
-    normalize_record,
-    shard_of,
-)
+from sphere_assets.lib.text.corpus import ShardSplitter, normalize_record, shard_of
+from sphere_resources.corpus_sources import FieldNames, SourceRecord, bundled_records, file_records
 
 
 def rec(text, article_id="a", **kw):

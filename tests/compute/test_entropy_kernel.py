@@ -9,7 +9,7 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from sphere_assets.compute import entropy_kernel as ek
+from sphere_assets.lib.text import entropy_kernel as ek
 
 VOCAB = 260
 

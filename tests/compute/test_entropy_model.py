@@ -11,7 +11,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from sphere_assets.compute import entropy_model as em
+from sphere_assets.lib.text import entropy_model as em
 
 
 @pytest.fixture(autouse=True)

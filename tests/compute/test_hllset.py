@@ -7,7 +7,7 @@ import mmh3
 import numpy as np
 import pytest
 
-from sphere_assets.compute import hllset as hs
+from sphere_assets.lib.sketch import hllset as hs
 
 RNG = np.random.default_rng(20240605)
 

@@ -6,8 +6,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sphere_assets.compute.corpus import shard_of
-from sphere_assets.compute.incoming import IncomingState, dumps_state, loads_state, scan
+from sphere_assets.lib.text.corpus import shard_of
+from sphere_assets.refresh.incoming import IncomingState, dumps_state, loads_state, scan
 
 N = 4
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from sphere_assets.compute import hllset as hs
-from sphere_assets.compute import key_kernels as kk
+from sphere_assets.lib.sketch import hllset as hs
+from sphere_assets.lib.sketch import key_kernels as kk
 
 RNG = np.random.default_rng(20251123)
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_assets.compute import entropy_model as em
-from sphere_assets.compute import model_workers as mw
-from sphere_assets.compute import patch_embeddings as pe
-from sphere_assets.compute import patcher as pt
+from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text import model_workers as mw
+from sphere_assets.lib.text import patch_embeddings as pe
+from sphere_assets.lib.text import patcher as pt
 
 CONFIG = em.EntropyModelConfig.tiny(dim=32, n_layers=1, n_heads=2, window=8, seed=3)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sphere_assets.compute import hllset as hs
-from sphere_assets.compute import ngrams as ng
-from sphere_assets.compute import synthetic_patches as sp
+from sphere_assets.lib.sketch import hllset as hs
+from sphere_assets.lib.sketch import ngrams as ng
+from sphere_assets.lib.sketch import synthetic_patches as sp
 
 ODD_SEQUENCES = [
     [b"a\x00b", b"_START_", b"x", b"\x01", b"x", b"_END_"],

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_assets.compute import entropy_model as em
-from sphere_assets.compute import patch_embeddings as pe
-from sphere_assets.compute import patcher as pt
+from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text import patch_embeddings as pe
+from sphere_assets.lib.text import patcher as pt
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sphere_assets.compute import entropy_model as em
-from sphere_assets.compute import patcher as pt
+from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text import patcher as pt
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -244,8 +244,8 @@ BIG_ARTICLE_SCRIPT = textwrap.dedent(
     import json, resource, sys, time
     import numpy as np, torch
     torch.set_num_threads(1)
-    from sphere_assets.compute import entropy_model as em, patcher as pt
-    from sphere_assets.compute.patch_embeddings import pool_patch_embeddings
+    from sphere_assets.lib.text import entropy_model as em, patcher as pt
+    from sphere_assets.lib.text.patch_embeddings import pool_patch_embeddings
     cfg = em.EntropyModelConfig.tiny(dim=16, n_layers=1, n_heads=2, window=8)
     model = em.build_model(cfg).eval()
     unit = "Ωμέγα and ascii text, 𝄞 clef; ".encode() + bytes(range(32, 127))

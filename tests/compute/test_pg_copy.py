@@ -7,7 +7,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from sphere_assets.compute.pg_copy import (
+from sphere_resources.pg_copy import (
     COPY_HEADER,
     COPY_TRAILER,
     CopyEncodeError,

@@ -4,11 +4,11 @@ reason, deterministic, report fields; the round-trip law via re-ingestion."""
 import numpy as np
 import pytest
 
-from sphere_assets.compute import adjacency as adj
-from sphere_assets.compute import hllset as hs
-from sphere_assets.compute import ngrams as ng
-from sphere_assets.compute import restore as rs
-from sphere_assets.compute import synthetic_patches as sp
+from sphere_assets.lib.sketch import adjacency as adj
+from sphere_assets.lib.sketch import hllset as hs
+from sphere_assets.lib.sketch import ngrams as ng
+from sphere_assets.lib.sketch import restore as rs
+from sphere_assets.lib.sketch import synthetic_patches as sp
 
 EXTRA = [
     [b"x", b"y", b"x", b"y", b"x", b"y"],  # repeated 3-grams: a cycle

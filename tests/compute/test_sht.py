@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import eval_legendre, sph_harm_y, sph_harm_y_all
 
-from sphere_assets.compute import sht
+from sphere_assets.lib.sphere import sht
 
 jax.config.update("jax_enable_x64", True)
 

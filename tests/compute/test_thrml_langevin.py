@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import thrml
 
-from sphere_assets.compute import thrml_langevin as tl
-from sphere_assets.compute import waterfill as wf
+from sphere_assets.lib.sphere import thrml_langevin as tl
+from sphere_assets.lib.sphere import waterfill as wf
 
 SMALL = tl.LangevinConfig(
     n_steps=60,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.special import eval_legendre
 
-from sphere_assets.compute import sht
-from sphere_assets.compute import waterfill as wf
+from sphere_assets.lib.sphere import sht
+from sphere_assets.lib.sphere import waterfill as wf
 
 # one small static configuration shared by most tests (one jit compilation)
 CFG = wf.WaterfillConfig(n_shells=16, band_limit=16)
@@ -410,7 +410,7 @@ def test_points_sharded_over_two_host_devices(tmp_path):
         "import os\n"
         "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
         "import jax, numpy as np\n"
-        "from sphere_assets.compute import waterfill as wf\n"
+        "from sphere_assets.lib.sphere import waterfill as wf\n"
         "x = np.random.default_rng(0).standard_normal((1500, 16)).astype(np.float32)\n"
         "cfg = wf.WaterfillConfig(n_shells=16, band_limit=16, lateral_threshold=1e9)\n"
         "init = np.zeros(1500, int)\n"

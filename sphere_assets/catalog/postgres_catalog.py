@@ -1,0 +1,196 @@
+"""postgres_catalog: publish each shard's articles, patches, embeddings and placements to Postgres.
+
+Optional: the asset (and its check) joins the code location only when ``SPHERE_POSTGRES_URL`` is
+set (``publish_definitions``), so the embedded default — and its default job and
+``sphere materialize-all`` — never needs a server. The publishing itself (migrations, one
+transaction per shard, binary COPY) is ``sphere_resources.pg_publish``.
+"""
+
+import os
+import time
+
+import dagster as dg
+import psycopg
+
+from sphere_assets.core.partitions import shard_partitions
+from sphere_resources import pg_publish
+from sphere_resources.postgres import PostgresResource
+from sphere_resources.warehouse import WarehouseResource
+
+POSTGRES_URL_ENV = "SPHERE_POSTGRES_URL"
+ASSET = "postgres_catalog"
+
+# Connection failures (server restarting, network blip) are retried with backoff: 2 s, 4 s, 8 s
+# (± jitter). Data errors (a bad row, a contract mismatch) fail at once: a retry cannot fix them.
+RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def postgres_enabled() -> bool:
+    return bool(os.environ.get(POSTGRES_URL_ENV))
+
+
+def upstream_keys(assets_defs) -> list[dg.AssetKey]:
+    """Keys of the assets among ``assets_defs`` that feed a catalog table."""
+    keys = [key for a in assets_defs for key in a.keys if key.path[-1] in pg_publish.SOURCE_ASSETS]
+    return sorted(keys, key=lambda k: k.to_user_string())
+
+
+def _table_markdown(reports: list[pg_publish.ShardReport]) -> str:
+    lines = ["| shard | table | rows | seconds | rows/s | note |", "|---|---|---|---|---|---|"]
+    for rep in reports:
+        for t in rep.tables.values():
+            rate = f"{t.rows_per_s:,.0f}" if t.published else "-"
+            notes = [t.note] if t.note else []
+            if t.null_columns:
+                notes.append(f"NULL (not in source): {', '.join(t.null_columns)}")
+            if t.unpublished_columns:
+                notes.append(f"source columns not in the table: {', '.join(t.unpublished_columns)}")
+            note = "; ".join(notes)
+            lines.append(
+                f"| {rep.shard} | {t.table} | {t.rows} | {t.seconds:.3f} | {rate} | {note or '-'} |"
+            )
+    return "\n".join(lines)
+
+
+def build_postgres_catalog(
+    upstream: list[dg.AssetKey], retry_policy: dg.RetryPolicy = RETRY_POLICY
+) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    """The publish asset depending on ``upstream`` (shard assets), and its row-count check."""
+    upstream_names = {k.path[-1] for k in upstream}
+    tables = [t.table for t in pg_publish.CATALOG_TABLES if t.asset in upstream_names]
+
+    @dg.asset(
+        name=ASSET,
+        deps=upstream,
+        partitions_def=shard_partitions,
+        retry_policy=retry_policy,
+        group_name="publish",
+        kinds={"postgres"},
+        owners=["team:sphere"],
+        tags={"family": "publish"},
+        description=(
+            "Postgres schema `sphere` (tables articles, patches, embeddings, placements): each shard "
+            "is replaced in one transaction (delete + binary COPY), so re-publishing is idempotent "
+            "and a failure keeps the previous rows. Present only when SPHERE_POSTGRES_URL is set."
+        ),
+    )
+    def postgres_catalog(
+        context: dg.AssetExecutionContext, postgres: PostgresResource, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        if not postgres.enabled:
+            raise dg.Failure(
+                "Postgres is not configured: set SPHERE_POSTGRES_URL "
+                "(e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
+                allow_retries=False,
+            )
+        target = postgres.describe()
+        store = warehouse.store()
+        started = time.perf_counter()
+        reports: list[pg_publish.ShardReport] = []
+        # PostgresUnavailable (down, wrong database or credentials) propagates: it names the
+        # host/database without the password, and the retry policy applies.
+        with postgres.connection() as conn:
+            applied = pg_publish.apply_migrations(conn)
+            if applied:
+                context.log.info(f"applied migrations {applied} to {target}")
+            for shard in context.partition_keys:
+                try:
+                    rep = pg_publish.publish_shard(conn, store, shard, tables)
+                except pg_publish.PublishError as exc:
+                    if isinstance(exc.__cause__, psycopg.OperationalError):
+                        raise  # the connection broke mid-publish: worth a retry
+                    raise dg.Failure(description=str(exc), allow_retries=False) from exc
+                reports.append(rep)
+                for t in rep.tables.values():
+                    if not t.published:
+                        context.log.info(f"shard {shard}: {t.table} left empty: {t.note}")
+        elapsed = time.perf_counter() - started
+        rows = {
+            t.table: sum(r.tables[t.table].rows for r in reports) for t in pg_publish.CATALOG_TABLES
+        }
+        copy_seconds = sum(t.seconds for r in reports for t in r.tables.values())
+        total = sum(rows.values())
+        skipped = sorted(
+            {f"{t.table} ({t.note})" for r in reports for t in r.tables.values() if not t.published}
+        )
+        context.log.info(
+            f"published shards {list(context.partition_keys)} to {target}: {rows} in {elapsed:.2f}s"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": total,
+                "target": target,
+                "schema": pg_publish.SCHEMA,
+                "partitions_in_run": ",".join(context.partition_keys),
+                **{f"rows/{name}": n for name, n in rows.items()},
+                "seconds": round(elapsed, 3),
+                "copy_seconds": round(copy_seconds, 3),
+                "rows_per_s": round(total / copy_seconds, 1) if copy_seconds > 0 else 0.0,
+                "bytes_sent": sum(t.bytes_sent for r in reports for t in r.tables.values()),
+                "skipped": "; ".join(skipped) or "-",
+                "migrations_applied_now": ",".join(applied) or "-",
+                "per_table": dg.MetadataValue.md(_table_markdown(reports)),
+            }
+        )
+
+    @dg.asset_check(
+        asset=postgres_catalog,
+        blocking=True,
+        description="Rows per shard in every catalog table equal the rows of its Parquet source "
+        "(0 where the source partition does not exist), and no key (article_id, patch_index) "
+        "occurs twice; the run's shards, or all shards when the check runs on its own.",
+    )
+    def postgres_catalog_row_counts(
+        context: dg.AssetCheckExecutionContext,
+        postgres: PostgresResource,
+        warehouse: WarehouseResource,
+    ) -> dg.AssetCheckResult:
+        shards = (
+            list(context.partition_keys)
+            if context.has_partition_key or context.has_partition_key_range
+            else shard_partitions.get_partition_keys()
+        )
+        lines = [
+            "| shard | table | postgres | parquet | duplicated keys |",
+            "|---|---|---|---|---|",
+        ]
+        mismatches = []
+        with postgres.connection() as conn:
+            for shard in shards:
+                counts = pg_publish.catalog_row_counts(conn, shard)
+                dupes = pg_publish.duplicate_keys(conn, shard)
+                for spec in pg_publish.CATALOG_TABLES:
+                    expected = 0
+                    if spec.table in tables:
+                        expected = (
+                            pg_publish.source_row_count(warehouse.root, spec.asset, shard) or 0
+                        )
+                    got = counts[spec.table]
+                    lines.append(
+                        f"| {shard} | {spec.table} | {got} | {expected} | {dupes[spec.table]} |"
+                    )
+                    if got != expected:
+                        mismatches.append(f"shard {shard} {spec.table}: {got} != {expected}")
+                    if dupes[spec.table]:
+                        mismatches.append(
+                            f"shard {shard} {spec.table}: {dupes[spec.table]} duplicated keys"
+                        )
+        return dg.AssetCheckResult(
+            passed=not mismatches,
+            metadata={
+                "mismatches": "; ".join(mismatches) or "-",
+                "counts": dg.MetadataValue.md("\n".join(lines)),
+            },
+        )
+
+    return postgres_catalog, postgres_catalog_row_counts
+
+
+def publish_definitions(family_assets, enabled: bool | None = None) -> tuple[list, list]:
+    """([postgres_catalog], [its check]) when Postgres is configured, else ([], [])."""
+    if not (postgres_enabled() if enabled is None else enabled):
+        return [], []
+    asset, check = build_postgres_catalog(upstream_keys(family_assets))
+    return [asset], [check]

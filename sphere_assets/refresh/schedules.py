@@ -1,0 +1,85 @@
+"""nightly_shard_refresh: one run per shard partition that is missing or stale (default STOPPED).
+
+Every night (``NIGHTLY_CRON``, 02:00 UTC) the schedule plans each shard partition with
+:func:`sphere_assets.refresh.freshness.plan_partition` — which shard assets of that partition have no
+materialization (or no files in the warehouse), or are older than a parent partition they read
+— and yields one ``RunRequest`` per partition that needs anything, targeting ``shards_job``
+narrowed to exactly those assets. Nothing stale → a ``SkipReason`` naming what was checked.
+
+``run_key = nightly/<date>/shard=<k>/<fingerprint>``, where the fingerprint hashes the selected
+assets and their own latest materializations: re-evaluating the same tick (a daemon
+restart, a manual "test schedule") yields the same keys and Dagster launches nothing twice;
+the next night gets new keys, so a partition whose run failed is requested again.
+
+Start it in the UI (Automation → nightly_shard_refresh → on) or
+``dagster schedule start nightly_shard_refresh -w workspace.yaml``; it needs the daemon
+(``dagster dev`` runs one).
+"""
+
+import dagster as dg
+import mmh3
+
+from sphere_assets.core.partitions import shard_partitions
+from sphere_assets.refresh.freshness import MaterializationIndex, plan_partition, shard_asset_keys
+from sphere_resources.warehouse import WarehouseResource
+
+NIGHTLY_CRON = "0 2 * * *"
+SCHEDULE_NAME = "nightly_shard_refresh"
+
+
+def plan_fingerprint(index: MaterializationIndex, plan) -> str:
+    """Stable digest of the assets a plan selected and their own latest materializations."""
+    parts = [plan.partition] + [
+        f"{k.to_user_string()}@{index.latest(k, plan.partition)}" for k in plan.keys
+    ]
+    return f"{mmh3.hash128('|'.join(parts).encode(), seed=0, signed=False):032x}"[:16]
+
+
+def shard_refresh_requests(context, warehouse: WarehouseResource | None, reason_tag: str):
+    """RunRequests for every shard partition with missing/stale assets, or a SkipReason."""
+    graph = context.repository_def.asset_graph
+    index = MaterializationIndex(context.instance, warehouse.store() if warehouse else None)
+    when = context.scheduled_execution_time
+    day = when.strftime("%Y-%m-%d") if when is not None else "manual"
+    requests, blocked = [], {}
+    for partition in shard_partitions.get_partition_keys():
+        plan = plan_partition(index, graph, partition)
+        blocked.update({f"{k.to_user_string()}[{partition}]": v for k, v in plan.blocked.items()})
+        if not plan.selected:
+            continue
+        fp = plan_fingerprint(index, plan)
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{reason_tag}/{day}/shard={partition}/{fp}",
+                partition_key=partition,
+                asset_selection=plan.keys,
+                tags={
+                    "sphere/trigger": reason_tag,
+                    "sphere/reasons": "; ".join(
+                        f"{k.to_user_string()}: {r}" for k, r in plan.selected.items()
+                    )[:1000],
+                },
+            )
+        )
+    if blocked:
+        context.log.info(f"not runnable yet (upstream never materialized): {blocked}")
+    if not requests:
+        checked = ", ".join(k.to_user_string() for k in shard_asset_keys(graph))
+        return dg.SkipReason(f"every shard partition of [{checked}] is materialized and fresh")
+    return requests
+
+
+@dg.schedule(
+    name=SCHEDULE_NAME,
+    cron_schedule=NIGHTLY_CRON,
+    execution_timezone="UTC",
+    job_name="shards_job",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description=(
+        "Nightly: one run per shard partition that is missing or stale relative to upstream, "
+        "narrowed to the assets that need it; run_keys make re-evaluation idempotent."
+    ),
+    tags={"family": "all"},
+)
+def nightly_shard_refresh(context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource):
+    return shard_refresh_requests(context, warehouse, "nightly")

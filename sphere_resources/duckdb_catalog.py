@@ -1,0 +1,67 @@
+"""The DuckDB catalog: one view per Parquet asset over its Hive-partitioned files (pure)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import duckdb
+
+from sphere_resources.contracts import CONTRACTS
+
+
+def view_sql(asset: str, glob: str, partitioned: bool) -> str:
+    quoted = glob.replace("'", "''")
+    opts = ", hive_partitioning = true" if partitioned else ""
+    return f"CREATE OR REPLACE VIEW \"{asset}\" AS SELECT * FROM read_parquet('{quoted}'{opts})"
+
+
+def build_catalog(
+    warehouse_root: str | os.PathLike, catalog_path: str | os.PathLike, assets=None
+) -> dict:
+    """(Re)write the catalog file atomically; returns {"views": [...], "missing": [...]}.
+
+    A view is created for every asset with a Parquet contract that has files on disk; assets not
+    yet materialized are listed as missing (a view over no files would fail on every query).
+    """
+    root = Path(warehouse_root).resolve()
+    catalog_path = Path(catalog_path)
+    catalog_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = catalog_path.with_name(f".{catalog_path.name}.{uuid.uuid4().hex}.tmp")
+    views, missing = [], []
+    names = sorted(assets if assets is not None else CONTRACTS)
+    con = duckdb.connect(str(tmp))
+    try:
+        for name in names:
+            contract = CONTRACTS[name]
+            if not contract.has_rows:
+                continue
+            base = root / name
+            partitioned = contract.partition_dim is not None
+            glob = str(base / "*" / "*.parquet") if partitioned else str(base / "*.parquet")
+            if not list(base.glob("*/*.parquet" if partitioned else "*.parquet")):
+                missing.append(name)
+                continue
+            con.execute(view_sql(name, glob, partitioned))
+            views.append(name)
+        con.execute("CREATE OR REPLACE TABLE sphere_catalog (asset VARCHAR, status VARCHAR)")
+        rows = [(v, "view") for v in views] + [(m, "missing") for m in missing]
+        if rows:
+            con.executemany("INSERT INTO sphere_catalog VALUES (?, ?)", rows)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, catalog_path)
+    wal = tmp.with_name(tmp.name + ".wal")
+    if wal.exists():
+        wal.unlink()
+    return {"views": views, "missing": missing}
+
+
+def view_row_counts(catalog_path: str | os.PathLike, views: list[str]) -> dict[str, int]:
+    con = duckdb.connect(str(catalog_path), read_only=True)
+    try:
+        return {v: con.execute(f'SELECT count(*) FROM "{v}"').fetchone()[0] for v in views}
+    finally:
+        con.close()

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup run test lint fmt ui bench clean
+.PHONY: setup run test test-fast lint fmt ui bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 test: setup $(VENV)/.installed-test
 	$(BIN)/pytest -q
+
+# the fast lane (< 2 min on 2 cores): unit tests + one small materialization per family;
+# tests marked `slow` (subprocess runs, Postgres, Celery, the web server, big inputs) are left out
+test-fast: setup $(VENV)/.installed-test
+	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

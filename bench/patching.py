@@ -30,7 +30,7 @@
    ``patcher.patch_articles`` on the pool, exactly as the asset calls it.
 
 Targets (issue 3): entropy + patching >= 0.2 MB/s on 2 cores for the tiny model, overhead <= 10%.
-The timed stages run with ``entropy_model.keep_freed_memory()`` (glibc keeps freed activation
+The timed stages run with ``torch_runtime.keep_freed_memory()`` (glibc keeps freed activation
 buffers instead of page-faulting them back in every chunk; --default-malloc to compare): it
 speeds the reference and the entropy path alike and removes a large, allocation-order-dependent
 noise term. The machine may be shared: CPU time (process_time) is printed beside wall time. On
@@ -49,10 +49,13 @@ import time
 import numpy as np
 import torch
 
+from sphere_assets.lib.text import entropy_inference as ei
 from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text import entropy_training as et
 from sphere_assets.lib.text import model_workers as mw
 from sphere_assets.lib.text import patch_embeddings as pe
 from sphere_assets.lib.text import patcher as pt
+from sphere_assets.lib.text import torch_runtime as rt
 
 
 def corpus() -> list[tuple[str, bytes]]:
@@ -113,7 +116,7 @@ def timed_interleaved(
 
 def forward_article(model, data, chunk=None):
     """The reference for one article: ``model(tokens)`` on non-overlapping chunks."""
-    chunk = chunk or em.default_chunk_size(model.config)
+    chunk = chunk or ei.default_chunk_size(model.config)
     with torch.inference_mode():
         tokens = torch.from_numpy(em.bytes_to_tokens(data))
         for s in range(0, len(tokens), chunk):
@@ -205,7 +208,7 @@ def main() -> None:
     ap.add_argument(
         "--default-malloc",
         action="store_true",
-        help="keep glibc's default malloc trimming (see entropy_model.keep_freed_memory)",
+        help="keep glibc's default malloc trimming (see torch_runtime.keep_freed_memory)",
     )
     args = ap.parse_args()
 
@@ -216,8 +219,8 @@ def main() -> None:
     print(f"# model: {cfg.to_json()}")
 
     t0 = time.perf_counter()
-    sample = em.sample_training_bytes(articles, cfg)
-    model, report = em.train_entropy_model(sample, cfg)
+    sample = et.sample_training_bytes(articles, cfg)
+    model, report = et.train_entropy_model(sample, cfg)
     print(
         f"training: {report.steps} steps in {report.train_seconds:.1f} s wall "
         f"({time.perf_counter() - t0:.1f} s incl. sampling + eval), {report.num_parameters} "
@@ -229,14 +232,14 @@ def main() -> None:
         f"{report.heldout_unigram_entropy_bits:.3f}); {report.train_bytes} train / "
         f"{report.heldout_bytes} held-out bytes"
     )
-    with em.torch_runtime(1):
+    with rt.torch_runtime(1):
         held = [pt.token_entropies(model, s) for s in sample.heldout_segments]
     cal = pt.calibrate_threshold(held, 4.5, "global", 128)
     print(
         f"calibrated θ = {cal.threshold:.4f} nats (held-out mean {cal.achieved_mean_patch_bytes:.3f} "
         f"bytes, {cal.evaluations} bisection evaluations)"
     )
-    chunk = em.default_chunk_size(cfg)
+    chunk = ei.default_chunk_size(cfg)
     print(
         f"inference chunk {chunk} tokens, not overlapping: each layer's keys/values of the last "
         f"{cfg.window} positions carry into the next chunk (receptive field "
@@ -244,7 +247,7 @@ def main() -> None:
     )
     groups = byte_balanced_groups([len(d) for _, d in articles], args.groups)
     # applied to the timed stages only (training above ran with the defaults)
-    kept = False if args.default_malloc else em.keep_freed_memory()
+    kept = False if args.default_malloc else rt.keep_freed_memory()
     print(
         f"timing: {len(groups)} article groups of ~{total / len(groups) / 1e3:.0f} KB, "
         f"{args.repeat} rounds after a warm-up round; malloc "
@@ -275,7 +278,7 @@ def main() -> None:
     batch_bytes = mw.batch_bytes_for(total // len(worker_groups), max(args.workers or [1]))
     for label, threads, workers in configs:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(em.torch_runtime(threads))
+            stack.enter_context(rt.torch_runtime(threads))
             patches: list = []
             entropy_and_patching(model, articles, cal.threshold, patches)
             if workers is None:

@@ -75,6 +75,7 @@ def run_case(source: str, n: int, method: str) -> dict:
     """Child process body: one (data, method) case."""
     from sphere_assets.lib.sphere import thrml_langevin as tl
     from sphere_assets.lib.sphere import waterfill as wf
+    from sphere_assets.lib.sphere.neighbours import neighbourhood_recall, random_unit
 
     init = None
     if source == "corpus":
@@ -122,9 +123,9 @@ def run_case(source: str, n: int, method: str) -> dict:
         "max_abs_deviation": st["max_abs_deviation"],
         "max_relative_deviation": st["max_relative_deviation"],
         "balanced": st["ok"],
-        "recall_placed": wf.neighbourhood_recall(emb, p.unit, 10, q),
-        "recall_projection": wf.neighbourhood_recall(emb, p.start_unit, 10, q),
-        "recall_random": wf.neighbourhood_recall(emb, wf.random_unit(n), 10, q),
+        "recall_placed": neighbourhood_recall(emb, p.unit, 10, q),
+        "recall_projection": neighbourhood_recall(emb, p.start_unit, 10, q),
+        "recall_random": neighbourhood_recall(emb, random_unit(n), 10, q),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if method == "lateral":

@@ -1,4 +1,5 @@
-"""The one Definitions object of the sphere code location.
+"""The one Definitions object of the sphere code location: it collects each family's
+``defs.py`` and binds the resources, nothing else.
 
 Settings come from environment variables (see README, "Configuration"); an unset variable means
 the documented default, a set one always wins (it is passed as dg.EnvVar so the UI shows where
@@ -11,16 +12,18 @@ import os
 
 import dagster as dg
 
-from sphere_assets.catalog import duckdb_catalog as catalog
-from sphere_assets.catalog import postgres_catalog as publish
-from sphere_assets.harmonics import sh_basis as harmonics
-from sphere_assets.ingest import raw_articles as ingest
-from sphere_assets.ngrams import assets as ngrams
+from sphere_assets.catalog import defs as catalog
+from sphere_assets.catalog.duckdb_catalog import DuckDBCatalogResource
+from sphere_assets.harmonics import defs as harmonics
+from sphere_assets.ingest import defs as ingest
+from sphere_assets.ngrams import defs as ngrams
 from sphere_assets.ngrams.settings import DEFAULT_MAX_ORDER, DEFAULT_SPAN_PATCHES, HllSetResource
-from sphere_assets.patching import assets as patching
-from sphere_assets.placements import shell_placements as placements
-from sphere_assets.refresh import automation, jobs, schedules, sensors
-from sphere_resources.contracts import CONTRACTS, DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
+from sphere_assets.patching import defs as patching
+from sphere_assets.placements import defs as placements
+from sphere_assets.refresh import defs as refresh
+from sphere_assets.refresh.automation import apply_orchestration
+from sphere_assets.refresh.jobs import executor_from_env
+from sphere_resources.contracts import DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.postgres import PostgresResource
@@ -34,47 +37,18 @@ def env_or(name: str, default, kind: str = "str"):
     return dg.EnvVar.int(name) if kind == "int" else dg.EnvVar(name)
 
 
-# --- assets and checks, one module per family -------------------------------------------------
-FAMILY_ASSETS: list = [
-    ingest.raw_articles,
-    harmonics.sh_basis,
-    patching.entropy_model,
-    patching.blt_patches,
-    patching.patch_embeddings,
-    *ngrams.ASSETS,
-    *placements.ASSETS,
-]
-FAMILY_CHECKS: list = [
-    ingest.raw_articles_ids_unique_and_sharded,
-    harmonics.sh_basis_orthonormal,
-    patching.entropy_model_beats_unigram,
-    patching.blt_patches_reassemble,
-    patching.patch_embeddings_consistent,
-    *ngrams.CHECKS,
-    *placements.CHECKS,
-]
-
-
-def _parquet_asset_keys(assets_defs) -> list[dg.AssetKey]:
-    keys = []
-    for a in assets_defs:
-        for key in a.keys:
-            name = key.path[-1]
-            if name in CONTRACTS and CONTRACTS[name].has_rows:
-                keys.append(key)
-    return sorted(keys, key=lambda k: k.to_user_string())
-
-
-duckdb_catalog = catalog.build_catalog_asset(_parquet_asset_keys(FAMILY_ASSETS))
-# postgres_catalog + its check exist only when SPHERE_POSTGRES_URL is set (sphere_assets/publish.py),
-# so without a server the default job and `sphere materialize-all` leave the publish out.
-PUBLISH_ASSETS, PUBLISH_CHECKS = publish.publish_definitions(FAMILY_ASSETS)
-# automation conditions + contract column schemas for every asset (sphere_assets/automation.py)
-ALL_ASSETS = automation.apply_orchestration([*FAMILY_ASSETS, duckdb_catalog, *PUBLISH_ASSETS])
+FAMILIES = (ingest, harmonics, patching, ngrams, placements)
+FAMILY_ASSETS: list = [a for family in FAMILIES for a in family.ASSETS]
+FAMILY_CHECKS: list = [c for family in FAMILIES for c in family.CHECKS]
+# duckdb_catalog over every Parquet asset; postgres_catalog only when SPHERE_POSTGRES_URL is set
+CATALOG_ASSETS, CATALOG_CHECKS = catalog.catalog_definitions(FAMILY_ASSETS)
+duckdb_catalog = CATALOG_ASSETS[0]
+# automation conditions + contract column schemas for every asset (refresh/automation.py)
+ALL_ASSETS = apply_orchestration([*FAMILY_ASSETS, *CATALOG_ASSETS])
 
 RESOURCES = {
     "warehouse": WarehouseResource(root=env_or("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)),
-    "catalog": catalog.DuckDBCatalogResource(path=env_or("SPHERE_CATALOG", DEFAULT_CATALOG_PATH)),
+    "catalog": DuckDBCatalogResource(path=env_or("SPHERE_CATALOG", DEFAULT_CATALOG_PATH)),
     "corpus": CorpusSourceResource(
         kind=env_or("SPHERE_CORPUS", "bundled"),
         path_glob=env_or("SPHERE_CORPUS_GLOB", ""),
@@ -97,17 +71,12 @@ RESOURCES = {
     ),
 }
 
-# <group>_job per family + shards_job/global_job/band_limits_job, with retries (sphere_assets/jobs.py)
-JOBS: list = jobs.family_jobs(ALL_ASSETS)
-SCHEDULES: list = [schedules.nightly_shard_refresh]
-SENSORS: list = [sensors.incoming_files_sensor, automation.automation_sensor()]
-
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    asset_checks=[*FAMILY_CHECKS, *PUBLISH_CHECKS],
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
+    asset_checks=[*FAMILY_CHECKS, *CATALOG_CHECKS],
+    jobs=refresh.jobs_for(ALL_ASSETS),
+    schedules=refresh.SCHEDULES,
+    sensors=refresh.SENSORS,
     resources=RESOURCES,
-    executor=jobs.executor_from_env(),  # SPHERE_EXECUTOR: multiprocess (default) | celery
+    executor=executor_from_env(),  # SPHERE_EXECUTOR: multiprocess (default) | celery
 )

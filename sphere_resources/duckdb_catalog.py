@@ -1,4 +1,5 @@
-"""The DuckDB catalog: one view per Parquet asset over its Hive-partitioned files (pure)."""
+"""The DuckDB catalog file: one view per Parquet asset over its Hive-partitioned files, named after
+the asset, plus the status table ``sphere_catalog(asset, status)`` (no Dagster)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from pathlib import Path
 import duckdb
 
 from sphere_resources.contracts import CONTRACTS
+from sphere_resources.store import Warehouse
+
+# The status table next to the views: one row per asset with Parquet rows (name, type, doc).
+CATALOG_TABLE = "sphere_catalog"
+CATALOG_COLUMNS = (
+    ("asset", "VARCHAR", "Asset (= view) name."),
+    ("status", "VARCHAR", "view, or missing (no files yet)."),
+)
+VIEW, MISSING = "view", "missing"
 
 
 def view_sql(asset: str, glob: str, partitioned: bool) -> str:
@@ -25,7 +35,7 @@ def build_catalog(
     A view is created for every asset with a Parquet contract that has files on disk; assets not
     yet materialized are listed as missing (a view over no files would fail on every query).
     """
-    root = Path(warehouse_root).resolve()
+    store = Warehouse(warehouse_root)
     catalog_path = Path(catalog_path)
     catalog_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = catalog_path.with_name(f".{catalog_path.name}.{uuid.uuid4().hex}.tmp")
@@ -37,18 +47,19 @@ def build_catalog(
             contract = CONTRACTS[name]
             if not contract.has_rows:
                 continue
-            base = root / name
+            base = store.asset_dir(name)
             partitioned = contract.partition_dim is not None
-            glob = str(base / "*" / "*.parquet") if partitioned else str(base / "*.parquet")
-            if not list(base.glob("*/*.parquet" if partitioned else "*.parquet")):
+            glob = store.parquet_glob(name)
+            if not list(base.glob(str(Path(glob).relative_to(base)))):
                 missing.append(name)
                 continue
             con.execute(view_sql(name, glob, partitioned))
             views.append(name)
-        con.execute("CREATE OR REPLACE TABLE sphere_catalog (asset VARCHAR, status VARCHAR)")
-        rows = [(v, "view") for v in views] + [(m, "missing") for m in missing]
+        columns = ", ".join(f"{name} {kind}" for name, kind, _ in CATALOG_COLUMNS)
+        con.execute(f"CREATE OR REPLACE TABLE {CATALOG_TABLE} ({columns})")
+        rows = [(v, VIEW) for v in views] + [(m, MISSING) for m in missing]
         if rows:
-            con.executemany("INSERT INTO sphere_catalog VALUES (?, ?)", rows)
+            con.executemany(f"INSERT INTO {CATALOG_TABLE} VALUES (?, ?)", rows)
         con.execute("CHECKPOINT")
     finally:
         con.close()

@@ -12,13 +12,15 @@ import time
 import dagster as dg
 import psycopg
 
+from sphere_assets.catalog import report
+from sphere_assets.catalog.contract import POSTGRES_CATALOG_NAME
+from sphere_assets.catalog.io import published_vs_source_counts
 from sphere_assets.core.partitions import shard_partitions
 from sphere_resources import pg_publish
 from sphere_resources.postgres import PostgresResource
 from sphere_resources.warehouse import WarehouseResource
 
 POSTGRES_URL_ENV = "SPHERE_POSTGRES_URL"
-ASSET = "postgres_catalog"
 
 # Connection failures (server restarting, network blip) are retried with backoff: 2 s, 4 s, 8 s
 # (± jitter). Data errors (a bad row, a contract mismatch) fail at once: a retry cannot fix them.
@@ -37,23 +39,6 @@ def upstream_keys(assets_defs) -> list[dg.AssetKey]:
     return sorted(keys, key=lambda k: k.to_user_string())
 
 
-def _table_markdown(reports: list[pg_publish.ShardReport]) -> str:
-    lines = ["| shard | table | rows | seconds | rows/s | note |", "|---|---|---|---|---|---|"]
-    for rep in reports:
-        for t in rep.tables.values():
-            rate = f"{t.rows_per_s:,.0f}" if t.published else "-"
-            notes = [t.note] if t.note else []
-            if t.null_columns:
-                notes.append(f"NULL (not in source): {', '.join(t.null_columns)}")
-            if t.unpublished_columns:
-                notes.append(f"source columns not in the table: {', '.join(t.unpublished_columns)}")
-            note = "; ".join(notes)
-            lines.append(
-                f"| {rep.shard} | {t.table} | {t.rows} | {t.seconds:.3f} | {rate} | {note or '-'} |"
-            )
-    return "\n".join(lines)
-
-
 def build_postgres_catalog(
     upstream: list[dg.AssetKey], retry_policy: dg.RetryPolicy = RETRY_POLICY
 ) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
@@ -62,7 +47,7 @@ def build_postgres_catalog(
     tables = [t.table for t in pg_publish.CATALOG_TABLES if t.asset in upstream_names]
 
     @dg.asset(
-        name=ASSET,
+        name=POSTGRES_CATALOG_NAME,
         deps=upstream,
         partitions_def=shard_partitions,
         retry_policy=retry_policy,
@@ -107,32 +92,14 @@ def build_postgres_catalog(
                     if not t.published:
                         context.log.info(f"shard {shard}: {t.table} left empty: {t.note}")
         elapsed = time.perf_counter() - started
-        rows = {
-            t.table: sum(r.tables[t.table].rows for r in reports) for t in pg_publish.CATALOG_TABLES
-        }
-        copy_seconds = sum(t.seconds for r in reports for t in r.tables.values())
-        total = sum(rows.values())
-        skipped = sorted(
-            {f"{t.table} ({t.note})" for r in reports for t in r.tables.values() if not t.published}
-        )
+        rows = report.rows_per_table(reports)
         context.log.info(
             f"published shards {list(context.partition_keys)} to {target}: {rows} in {elapsed:.2f}s"
         )
         return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": total,
-                "target": target,
-                "schema": pg_publish.SCHEMA,
-                "partitions_in_run": ",".join(context.partition_keys),
-                **{f"rows/{name}": n for name, n in rows.items()},
-                "seconds": round(elapsed, 3),
-                "copy_seconds": round(copy_seconds, 3),
-                "rows_per_s": round(total / copy_seconds, 1) if copy_seconds > 0 else 0.0,
-                "bytes_sent": sum(t.bytes_sent for r in reports for t in r.tables.values()),
-                "skipped": "; ".join(skipped) or "-",
-                "migrations_applied_now": ",".join(applied) or "-",
-                "per_table": dg.MetadataValue.md(_table_markdown(reports)),
-            }
+            metadata=report.publish_metadata(
+                reports, target, list(context.partition_keys), elapsed, applied
+            )
         )
 
     @dg.asset_check(
@@ -152,36 +119,14 @@ def build_postgres_catalog(
             if context.has_partition_key or context.has_partition_key_range
             else shard_partitions.get_partition_keys()
         )
-        lines = [
-            "| shard | table | postgres | parquet | duplicated keys |",
-            "|---|---|---|---|---|",
-        ]
-        mismatches = []
         with postgres.connection() as conn:
-            for shard in shards:
-                counts = pg_publish.catalog_row_counts(conn, shard)
-                dupes = pg_publish.duplicate_keys(conn, shard)
-                for spec in pg_publish.CATALOG_TABLES:
-                    expected = 0
-                    if spec.table in tables:
-                        expected = (
-                            pg_publish.source_row_count(warehouse.root, spec.asset, shard) or 0
-                        )
-                    got = counts[spec.table]
-                    lines.append(
-                        f"| {shard} | {spec.table} | {got} | {expected} | {dupes[spec.table]} |"
-                    )
-                    if got != expected:
-                        mismatches.append(f"shard {shard} {spec.table}: {got} != {expected}")
-                    if dupes[spec.table]:
-                        mismatches.append(
-                            f"shard {shard} {spec.table}: {dupes[spec.table]} duplicated keys"
-                        )
+            counts = published_vs_source_counts(conn, warehouse.root, shards, tables)
+        table, mismatches = report.row_count_report(counts)
         return dg.AssetCheckResult(
             passed=not mismatches,
             metadata={
                 "mismatches": "; ".join(mismatches) or "-",
-                "counts": dg.MetadataValue.md("\n".join(lines)),
+                "counts": dg.MetadataValue.md(table),
             },
         )
 

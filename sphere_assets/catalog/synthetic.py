@@ -21,8 +21,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sphere_assets.ingest.contract import RAW_ARTICLES
 from sphere_assets.lib.sketch.synthetic_patches import content_patches
-from sphere_assets.patching.contract import BLT_PATCHES_SCHEMA
+from sphere_assets.patching.contract import BLT_PATCHES, BLT_PATCHES_SCHEMA, PATCH_EMBEDDINGS
+from sphere_assets.placements.contract import SHELL_PLACEMENTS
 
 
 def patch_rows(article_ids: list[str], texts: list[str]) -> pa.Table:
@@ -57,11 +59,11 @@ def patch_rows(article_ids: list[str], texts: list[str]) -> pa.Table:
 
 def write_synthetic_patches(store, shard: str) -> int:
     """blt_patches for ``shard`` from the stored raw_articles shard; returns the row count."""
-    articles = store.read_table("raw_articles", shard, columns=["article_id", "text"])
+    articles = store.read_table(RAW_ARTICLES.name, shard, columns=["article_id", "text"])
     table = patch_rows(
         articles.column("article_id").to_pylist(), articles.column("text").to_pylist()
     )
-    with store.partition_writer("blt_patches", shard) as writer:
+    with store.partition_writer(BLT_PATCHES.name, shard) as writer:
         writer.write_table(table)
     return table.num_rows
 
@@ -70,7 +72,7 @@ def write_synthetic_embeddings(store, shard: str, dim: int = 16, seed: int = 0) 
     """patch_embeddings for ``shard`` from its stored blt_patches: one random unit-ish vector per
     patch (numpy ``default_rng([seed, shard])``) scaled by ``1 + byte_len``, prominence = its
     L2 norm, article_index = the article's rank of first appearance in the shard."""
-    patches = store.read_table("blt_patches", shard, columns=["article_id", "patch_index"])
+    patches = store.read_table(BLT_PATCHES.name, shard, columns=["article_id", "patch_index"])
     ids = patches.column("article_id").to_pylist()
     first: dict[str, int] = {}
     article_index = np.asarray([first.setdefault(a, len(first)) for a in ids], dtype=np.int32)
@@ -88,7 +90,7 @@ def write_synthetic_embeddings(store, shard: str, dim: int = 16, seed: int = 0) 
             "patch_entropy": pa.array(np.zeros(len(ids), np.float32)),
         }
     )
-    with store.partition_writer("patch_embeddings", shard) as writer:
+    with store.partition_writer(PATCH_EMBEDDINGS.name, shard) as writer:
         writer.write_table(table)
         writer.write_tensors(
             "embeddings",
@@ -108,10 +110,8 @@ def write_synthetic_placements(store, shard: str, n_shells: int = 16, seed: int 
     registered contract has: keys from blt_patches, ``shell`` uniform in [0, n_shells), ``r`` the
     shell's sqrt-spaced radius, uniform angles with x, y, z = r·(sinθcosφ, sinθsinφ, cosθ);
     any other column is zeros of its type."""
-    from sphere_resources.contracts import contract_for
-
-    schema = contract_for("shell_placements").schema
-    keys = store.read_table("blt_patches", shard, columns=["article_id", "patch_index"])
+    schema = SHELL_PLACEMENTS.schema
+    keys = store.read_table(BLT_PATCHES.name, shard, columns=["article_id", "patch_index"])
     n = keys.num_rows
     rng = np.random.default_rng([seed, int(shard), 6])
     shell = rng.integers(0, n_shells, size=n)
@@ -140,6 +140,6 @@ def write_synthetic_placements(store, shard: str, n_shells: int = 16, seed: int 
             columns.append(pa.array([""] * n, f.type))
         else:
             columns.append(pa.array(np.zeros(n)).cast(f.type))
-    with store.partition_writer("shell_placements", shard) as writer:
+    with store.partition_writer(SHELL_PLACEMENTS.name, shard) as writer:
         writer.write_table(pa.Table.from_arrays(columns, schema=schema))
     return n

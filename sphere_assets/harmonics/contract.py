@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from sphere_resources.contracts import BAND_LIMIT_DIM, AssetContract, TensorSpec, register
 
-# --- sh_basis (issue 4): one partition per band limit L ---------------------------------------
+# --- sh_basis: one partition per band limit L ------------------------------------------------
 # <root>/sh_basis/L=<L>/basis.safetensors  (theta, phi, weights, legendre; layout in the
 # safetensors metadata and sphere_assets.lib.sphere.sht) + part-0.parquet (one summary row; the
 # band limit itself comes from the Hive key ``L``).

@@ -1,9 +1,10 @@
 """sh_basis: cached real spherical-harmonic bases, one partition per band limit L.
 
 The maths (grid, quadrature, Legendre recursion, table layout, transforms) lives in
-``sphere_assets.lib.sphere.sht``; this module only builds, measures, stores and checks.
-Readers load a partition with :func:`load_sh_basis` and transform with ``sht.synthesis`` /
-``sht.analysis`` (``sht.sht_plan(basis, device=jax.device())`` for a device plan).
+``sphere_assets.lib.sphere.sht``; this module builds, measures and checks; ``io.py`` stores.
+Readers load a partition with ``harmonics.io.load_sh_basis`` and transform with
+``sht.synthesis`` / ``sht.analysis`` (``sht.sht_plan(basis, device=jax.device())`` for a device
+plan).
 """
 
 import hashlib
@@ -11,54 +12,17 @@ import time
 
 import dagster as dg
 import numpy as np
-import pyarrow as pa
 
-from sphere_assets.core.metadata import row_metadata
 from sphere_assets.core.partitions import band_limit_partitions
 from sphere_assets.core.pools import HEAVY_POOL
-from sphere_assets.harmonics.contract import SH_BASIS, SH_BASIS_SCHEMA
+from sphere_assets.harmonics import io, report
+from sphere_assets.harmonics.contract import SH_BASIS
 from sphere_assets.lib.sphere import sht
-from sphere_resources.contracts import ContractError
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
 
-ASSET = "sh_basis"
-TENSOR_STEM = "basis"
 GRAM_TOLERANCE = 1e-12
 ROUND_TRIP_SIGNALS = 4
-
-
-def load_sh_basis(store: Warehouse, L: int | str) -> sht.ShBasis:
-    """The stored basis of partition L, validated against the contract and the sht layout."""
-    key = str(L)
-    tensors, metadata = store.read_tensors(ASSET, key, TENSOR_STEM)
-    try:
-        basis = sht.basis_from_tensors(tensors, metadata)
-    except ValueError as exc:
-        raise ContractError(ASSET, key, f"{TENSOR_STEM}.safetensors", str(exc)) from exc
-    if str(basis.L) != key:
-        raise ContractError(ASSET, key, f"{TENSOR_STEM}.L", f"file holds L={basis.L}")
-    return basis
-
-
-def summary_row(basis: sht.ShBasis, diagnostics: dict, data: bytes) -> pa.Table:
-    meta = sht.basis_metadata(basis)
-    row = {
-        "n_theta": basis.n_theta,
-        "n_phi": basis.n_phi,
-        "n_coeffs": basis.L * basis.L,
-        "legendre_rows": basis.legendre.shape[0],
-        "grid": meta["grid"],
-        "convention": meta["condon_shortley"],
-        "tensor_file": f"{TENSOR_STEM}.safetensors",
-        "tensor_bytes": len(data),
-        "tensor_sha256": hashlib.sha256(data).hexdigest(),
-        "max_gram_error": diagnostics["max_gram_error"],
-        "max_addition_error": diagnostics["max_addition_error"],
-        "n_zero_columns": diagnostics["n_zero_columns"],
-        "n_nonfinite": diagnostics["n_nonfinite"],
-    }
-    return pa.Table.from_pylist([row], schema=SH_BASIS_SCHEMA)
 
 
 def round_trip_error(basis: sht.ShBasis, device) -> tuple[float, float]:
@@ -73,7 +37,29 @@ def round_trip_error(basis: sht.ShBasis, device) -> tuple[float, float]:
     return float(np.linalg.norm(back - coeffs) / np.linalg.norm(coeffs)), seconds
 
 
+def build_and_write(store: Warehouse, L: int, device) -> dict:
+    """Build, measure and atomically write partition L; returns its metadata values."""
+    start = time.perf_counter()
+    basis = sht.build_basis(L)
+    build_seconds = time.perf_counter() - start
+    diagnostics = sht.basis_diagnostics(basis)
+    rt_error, rt_seconds = round_trip_error(basis, device)
+    data = io.write_basis(store, basis, diagnostics)
+    return {
+        "L": L,
+        "grid": f"{basis.n_theta} x {basis.n_phi} (theta x phi), Fejer-1 rings, no poles",
+        "n_coeffs": L * L,
+        "build_seconds": round(build_seconds, 4),
+        **diagnostics,
+        "round_trip_rel_error": rt_error,
+        f"round_trip_ms_x{ROUND_TRIP_SIGNALS}": round(rt_seconds * 1e3, 3),
+        "tensor_bytes": len(data),
+        "tensor_sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
 @dg.asset(
+    name=SH_BASIS.name,
     partitions_def=band_limit_partitions,
     group_name="harmonics",
     kinds={"jax", "numpy", "safetensors", "parquet"},
@@ -94,8 +80,8 @@ def sh_basis(
     keys = list(context.partition_keys)  # one or more band limits (single-run backfills)
     if not jax.enable_x64:
         raise ValueError(
-            f"asset 'sh_basis', partitions {keys}: the float64 basis needs the jax resource's "
-            "enable_x64=True"
+            f"asset '{SH_BASIS.name}', partitions {keys}: the float64 basis needs the jax "
+            "resource's enable_x64=True"
         )
     device = jax.device()  # configures x64 / platform before any transform
     stats = [build_and_write(warehouse.store(), int(key), device) for key in keys]
@@ -104,68 +90,12 @@ def sh_basis(
             f"sh_basis L={st['L']}: built in {st['build_seconds']:.3f}s, gram error "
             f"{st['max_gram_error']:.1e}, round trip {st['round_trip_rel_error']:.1e} on {device}"
         )
-    if len(stats) == 1:
-        summary = dict(stats[0])
-    else:  # several partitions in one run: worst case + a table per L
-        summary = {
-            "L": ",".join(str(st["L"]) for st in stats),
-            "grid": "; ".join(st["grid"] for st in stats),
-            "build_seconds": round(sum(st["build_seconds"] for st in stats), 4),
-            **{
-                k: max(st[k] for st in stats)
-                for k in (
-                    "max_gram_error",
-                    "max_addition_error",
-                    "n_zero_columns",
-                    "n_nonfinite",
-                    "round_trip_rel_error",
-                )
-            },
-            "per_L": dg.MetadataValue.md(
-                "| L | grid | build s | gram err | round trip err | MB |\n|---|---|---|---|---|---|\n"
-                + "\n".join(
-                    f"| {st['L']} | {st['grid']} | {st['build_seconds']} | "
-                    f"{st['max_gram_error']:.1e} | {st['round_trip_rel_error']:.1e} | "
-                    f"{st['tensor_bytes'] / 1e6:.2f} |"
-                    for st in stats
-                )
-            ),
-        }
-    path = warehouse.partition_dir(ASSET, keys[0])
+    path = warehouse.partition_dir(SH_BASIS.name, keys[0])
     return dg.MaterializeResult(
-        metadata={
-            **row_metadata(SH_BASIS, len(stats)),
-            **summary,
-            **jax.metadata(),
-            "path": dg.MetadataValue.path(str(path if len(keys) == 1 else path.parent)),
-        }
-    )
-
-
-def build_and_write(store: Warehouse, L: int, device) -> dict:
-    """Build, measure and atomically write partition L; returns its metadata values."""
-    start = time.perf_counter()
-    basis = sht.build_basis(L)
-    build_seconds = time.perf_counter() - start
-    diagnostics = sht.basis_diagnostics(basis)
-    rt_error, rt_seconds = round_trip_error(basis, device)
-    with store.partition_writer(ASSET, str(L)) as writer:
-        path = writer.write_tensors(
-            TENSOR_STEM, sht.basis_tensors(basis), sht.basis_metadata(basis)
+        metadata=report.materialization_metadata(
+            stats, jax.metadata(), path if len(keys) == 1 else path.parent
         )
-        data = path.read_bytes()
-        writer.write_table(summary_row(basis, diagnostics, data))
-    return {
-        "L": L,
-        "grid": f"{basis.n_theta} x {basis.n_phi} (theta x phi), Fejer-1 rings, no poles",
-        "n_coeffs": L * L,
-        "build_seconds": round(build_seconds, 4),
-        **diagnostics,
-        "round_trip_rel_error": rt_error,
-        f"round_trip_ms_x{ROUND_TRIP_SIGNALS}": round(rt_seconds * 1e3, 3),
-        "tensor_bytes": len(data),
-        "tensor_sha256": hashlib.sha256(data).hexdigest(),
-    }
+    )
 
 
 @dg.asset_check(
@@ -181,20 +111,17 @@ def sh_basis_orthonormal(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.store()
-    keys = store.partitions(ASSET)
+    keys = io.stored_partitions(store)
     if not keys:
         return dg.AssetCheckResult(passed=False, metadata={"problem": "no partitions on disk"})
     worst_gram, worst_addition, zero_cols, nonfinite, bad_hash = 0.0, 0.0, 0, 0, []
     for key in keys:
-        basis = load_sh_basis(store, key)
-        d = sht.basis_diagnostics(basis)
+        d = sht.basis_diagnostics(io.load_sh_basis(store, key))
         worst_gram = max(worst_gram, d["max_gram_error"])
         worst_addition = max(worst_addition, d["max_addition_error"])
         zero_cols += d["n_zero_columns"]
         nonfinite += d["n_nonfinite"]
-        row = store.read_table(ASSET, key, columns=["tensor_file", "tensor_sha256"]).to_pylist()[0]
-        data = (store.partition_dir(ASSET, key) / row["tensor_file"]).read_bytes()
-        if hashlib.sha256(data).hexdigest() != row["tensor_sha256"]:
+        if not io.tensor_file_matches_row(store, key):
             bad_hash.append(key)
     passed = (
         worst_gram <= GRAM_TOLERANCE

@@ -1,14 +1,15 @@
-"""Reads and writes of the ingest family: raw_articles rows into warehouse partitions."""
+"""Reads and writes of the ingest family: raw_articles rows into warehouse partitions (staged,
+swapped in whole), and the stored ids back for the check."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from sphere_assets.ingest.contract import RAW_ARTICLES_SCHEMA
+from sphere_assets.ingest.contract import RAW_ARTICLES, RAW_ARTICLES_SCHEMA
 from sphere_assets.lib.text.corpus import (
     ArticleRow,
     ProgressMeter,
@@ -16,7 +17,7 @@ from sphere_assets.lib.text.corpus import (
     ShardStats,
     SourceRecord,
 )
-from sphere_resources.store import BackgroundTableWriter
+from sphere_resources.store import BackgroundTableWriter, Warehouse
 
 
 def rows_to_table(rows: list[ArticleRow]) -> pa.Table:
@@ -79,3 +80,10 @@ def write_shards(
     if progress is not None:
         progress.maybe_log(splitter.records_seen, splitter.source_bytes_seen, force=True)
     return IngestResult(stats, splitter.records_seen, splitter.source_bytes_seen, previews)
+
+
+def stored_article_ids(store: Warehouse) -> Iterator[tuple[str, list[str]]]:
+    """(partition key, article ids in stored order) for every raw_articles partition on disk."""
+    for key in store.partitions(RAW_ARTICLES.name):
+        table = store.read_table(RAW_ARTICLES.name, key, columns=["article_id"])
+        yield key, table.column("article_id").to_pylist()

@@ -6,14 +6,19 @@ import pyarrow as pa
 
 from sphere_resources.contracts import SHARD_DIM, AssetContract, TensorSpec, register
 
-# --- ngram_index / ngram_vocabulary / article_hllsets / adjacency / adjacency_merged (issue 5) --
-# HLLSet n-gram system over BLT patches (sphere_assets.compute.{ngrams,hllset,adjacency,restore}).
+# HLLSet n-gram system over BLT patches (sphere_assets.lib.sketch.{ngrams,hllset,adjacency,restore}).
 # <root>/ngram_index/shard=<k>/part-0.parquet          distinct 1/2/3-grams of the shard
 # <root>/ngram_vocabulary/part-0.parquet + lookup.safetensors   global merge + bit -> rows CSR
 # <root>/article_hllsets/shard=<k>/part-0.parquet      HLLSet per article and per span
 # <root>/adjacency/shard=<k>/part-0.parquet + csr.safetensors   node table + CSR (per shard)
 #   + context.safetensors                                         n-gram context counts (3..N)
 # <root>/adjacency_merged/part-0.parquet + csr.safetensors      the same, merged over shards
+
+# safetensors stems (files <stem>.safetensors beside part-0.parquet)
+LOOKUP_STEM = "lookup"  # ngram_vocabulary: per layer, the rows of every HLLSet bit (CSR)
+LOOKUP_FORMAT = "sphere.ngram_vocabulary.lookup/v1"  # lookup.safetensors __metadata__ "format"
+CSR_STEM = "csr"  # adjacency, adjacency_merged: the 3-gram edges of the 2-gram nodes
+CONTEXT_STEM = "context"  # adjacency, adjacency_merged: patch n-gram counts of order 3..N
 
 NGRAM_INDEX_SCHEMA = pa.schema(
     [
@@ -94,15 +99,15 @@ ADJACENCY_NODES_COLUMN_DOCS = {
 }
 
 ADJACENCY_CSR = {
-    "csr": {
+    CSR_STEM: {
         "indptr": TensorSpec("int64", ("n_nodes_plus_1",)),
         "indices": TensorSpec("int64", ("n_edges",)),
         "counts": TensorSpec("int64", ("n_edges",)),
         "weights": TensorSpec("float64", ("n_edges",)),
     },
-    # patch n-gram counts of order 3..N by context hash (compute/context_model.py): the corpus
-    # memory restore uses to order a span whose n-gram set admits several orderings
-    "context": {
+    # patch n-gram counts of order 3..N by context hash (lib/sketch/context_model.py): the
+    # corpus memory restore uses to order a span whose n-gram set admits several orderings
+    CONTEXT_STEM: {
         "hashes": TensorSpec("uint64", ("n_contexts",)),
         "counts": TensorSpec("int64", ("n_contexts",)),
     },
@@ -125,7 +130,7 @@ NGRAM_VOCABULARY = register(
         schema=NGRAM_INDEX_SCHEMA,
         column_docs=NGRAM_INDEX_COLUMN_DOCS,
         tensors={
-            "lookup": {
+            LOOKUP_STEM: {
                 "indptr_1": TensorSpec("int64", ("n_bits_plus_1",)),
                 "rows_1": TensorSpec("int64", ("v1",)),
                 "indptr_2": TensorSpec("int64", ("n_bits_plus_1",)),

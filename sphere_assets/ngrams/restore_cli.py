@@ -108,14 +108,22 @@ def _p_of(layer_bytes: int) -> int:
 
 def patch_text(text: str, store) -> tuple[list[bytes], str]:
     """Patches of ``text``: the pipeline's BLT patcher if an entropy model exists, else synthetic."""
+    import warnings
+
+    import dagster as dg
+
+    # blt_patches' module is imported for its config and calibration only; the beta notices of
+    # its asset definitions are noise here
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     data = text.encode("utf-8")
     try:
         from sphere_assets.lib.text import patcher as pt
-        from sphere_assets.patching import assets as patching
+        from sphere_assets.patching import io as patching_io
+        from sphere_assets.patching.blt_patches import BltPatchesConfig, calibrate
 
-        model, _, _ = patching.load_model(store)
-        config = patching.BltPatchesConfig()
-        calibration = patching.calibrate(config, store)
+        model, _, _ = patching_io.load_model(store)
+        config = BltPatchesConfig()
+        calibration = calibrate(config, patching_io.load_heldout_segments(store))
         res = pt.patch_article(model, data, calibration.threshold, config.mode, config.max_length())
         starts, lengths = res.byte_start.tolist(), res.byte_len.tolist()
         patches = [data[s : s + n] for s, n in zip(starts, lengths, strict=True)]
@@ -127,15 +135,9 @@ def patch_text(text: str, store) -> tuple[list[bytes], str]:
 
 
 def run_restore(args) -> int:
-    import warnings
-
-    import dagster as dg
-
-    # asset definitions are imported for their loaders only; their beta notices are noise here
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from sphere_assets.lib.sketch import ngrams as ng
     from sphere_assets.lib.sketch import restore as rs
-    from sphere_assets.ngrams import assets as assets
+    from sphere_assets.ngrams import io
     from sphere_resources.store import Warehouse
 
     store = Warehouse(args.warehouse)
@@ -145,16 +147,16 @@ def run_restore(args) -> int:
     length = args.length
     try:
         if args.article is not None:
-            hll, stored_length = assets.load_stored_span(store, args.article, args.span)
+            hll, stored_length = io.load_stored_span(store, args.article, args.span)
             length = stored_length if length is None else length
             source = f"article_hllsets {args.article!r} span {args.span}"
-            index = assets.load_restore_index(store, hll.p)
+            index = io.load_restore_index(store, hll.p)
         elif args.file is not None:
             hll = hllset_from_file(args.file)
             source = f"file {args.file}"
-            index = assets.load_restore_index(store, hll.p)
+            index = io.load_restore_index(store, hll.p)
         else:
-            index = assets.load_restore_index(store, args.p)
+            index = io.load_restore_index(store, args.p)
             truth, how = patch_text(args.text, store)
             hll = ng.hllset_of_patches(truth, index.p)
             length = len(truth) if length is None else length

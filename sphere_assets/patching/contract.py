@@ -6,10 +6,10 @@ import pyarrow as pa
 
 from sphere_resources.contracts import SHARD_DIM, AssetContract, TensorSpec, register
 
-# --- entropy_model / blt_patches / patch_embeddings (issue 3) ---------------------------------
 # <root>/entropy_model/model.safetensors    weights + config (format sphere_blt_entropy_model_v1;
-#                                           validated by compute.entropy_model.load_entropy_model,
-#                                           whose parameter names depend on n_layers)
+#                                           validated by lib.text.entropy_model.
+#                                           model_from_file_tensors, whose parameter names
+#                                           depend on n_layers)
 # <root>/entropy_model/heldout.safetensors  held-out token entropies for threshold calibration
 # <root>/entropy_model/part-0.parquet       one summary row
 # <root>/blt_patches/shard=<k>/part-0.parquet

@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from sphere_resources.contracts import SHARD_DIM, AssetContract, TensorSpec, register
 
-# --- shell_placements (issue 6): water-filled places on the shell sphere, per shard ----------
+# --- shell_placements: water-filled places on the shell sphere, per shard --------------------
 # <root>/shell_placements/shard=<k>/part-0.parquet  (row i <-> patch_embeddings row i)
 #   + coordinates.safetensors (xyz, rtp, shell), librarian.safetensors (patch bytes -> r,theta,phi)
 #   + lvm.safetensors (windows of W consecutive patch embeddings -> the next one)

@@ -139,7 +139,7 @@ def automation_sensor(
         run_tags={"sphere/trigger": "automation", **(run_tags or {})},
         description=(
             "Declarative automation: shard assets follow their upstream shards, global merges run "
-            "once after their shards (see sphere_assets/automation.py)."
+            "once after their shards (see sphere_assets/refresh/automation.py)."
         ),
     )
 

@@ -46,6 +46,9 @@ from sphere_assets.core.pools import HEAVY_KINDS, HEAVY_POOL
 OP_RETRY_POLICY = dg.RetryPolicy(max_retries=1, delay=2.0)
 RUN_RETRY_TAGS = {"dagster/max_retries": "2", "dagster/retry_strategy": "FROM_FAILURE"}
 DEFAULT_CELERY_BROKER = "pyamqp://guest:guest@127.0.0.1:5672//"
+# the cross-family jobs, by partitions label (see partitions_label)
+SHARDS_JOB, GLOBAL_JOB, BAND_LIMITS_JOB = "shards_job", "global_job", "band_limits_job"
+CROSS_FAMILY_JOBS = {"shards": SHARDS_JOB, "global": GLOBAL_JOB, "L": BAND_LIMITS_JOB}
 
 
 def partitions_label(pdef: dg.PartitionsDefinition | None) -> str:
@@ -102,8 +105,7 @@ def family_jobs(assets: Iterable) -> list:
                     {"family": group, "partitions": label},
                 )
             )
-    cross = {"shards": "shards_job", "global": "global_job", "L": "band_limits_job"}
-    for label, name in cross.items():
+    for label, name in CROSS_FAMILY_JOBS.items():
         if label in by_label:
             jobs.append(
                 _job(

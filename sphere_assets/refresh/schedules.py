@@ -21,6 +21,7 @@ import mmh3
 
 from sphere_assets.core.partitions import shard_partitions
 from sphere_assets.refresh.freshness import MaterializationIndex, plan_partition, shard_asset_keys
+from sphere_assets.refresh.jobs import SHARDS_JOB
 from sphere_resources.warehouse import WarehouseResource
 
 NIGHTLY_CRON = "0 2 * * *"
@@ -73,7 +74,7 @@ def shard_refresh_requests(context, warehouse: WarehouseResource | None, reason_
     name=SCHEDULE_NAME,
     cron_schedule=NIGHTLY_CRON,
     execution_timezone="UTC",
-    job_name="shards_job",
+    job_name=SHARDS_JOB,
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description=(
         "Nightly: one run per shard partition that is missing or stale relative to upstream, "

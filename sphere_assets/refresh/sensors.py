@@ -27,6 +27,7 @@ import dagster as dg
 import mmh3
 
 from sphere_assets.core.partitions import shard_partitions
+from sphere_assets.ingest.raw_articles import raw_articles
 from sphere_assets.refresh.freshness import (
     MaterializationIndex,
     descendants_within,
@@ -34,12 +35,12 @@ from sphere_assets.refresh.freshness import (
     shard_asset_keys,
 )
 from sphere_assets.refresh.incoming import dumps_state, loads_state, scan
+from sphere_assets.refresh.jobs import SHARDS_JOB
 from sphere_resources.corpus import CorpusSourceResource
 from sphere_resources.corpus_sources import FieldNames
 
 SENSOR_NAME = "incoming_files"
 INCOMING_ENV = "SPHERE_INCOMING_DIR"
-RAW_ARTICLES = dg.AssetKey("raw_articles")
 
 
 def incoming_glob(incoming_dir: str, corpus: CorpusSourceResource) -> str:
@@ -66,11 +67,13 @@ def incoming_requests(context, corpus: CorpusSourceResource, incoming_dir: str |
 
     graph = context.repository_def.asset_graph
     index = MaterializationIndex(context.instance)
-    candidates = descendants_within(graph, [RAW_ARTICLES], shard_asset_keys(graph))
+    candidates = descendants_within(graph, [raw_articles.key], shard_asset_keys(graph))
     requests = []
     for shard, rels in result.affected.items():
         partition = str(shard)
-        plan = plan_partition(index, graph, partition, forced=[RAW_ARTICLES], candidates=candidates)
+        plan = plan_partition(
+            index, graph, partition, forced=[raw_articles.key], candidates=candidates
+        )
         states = [
             f"{rel}:{result.state.files[rel].sha256 if rel in result.state.files else 'deleted'}"
             for rel in rels
@@ -102,7 +105,7 @@ def build_incoming_sensor(minimum_interval_seconds: int = 30) -> dg.SensorDefini
 
     @dg.sensor(
         name=SENSOR_NAME,
-        job_name="shards_job",
+        job_name=SHARDS_JOB,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED

@@ -183,10 +183,6 @@ def build(table: ng.NgramTable, alpha: float = DEFAULT_ALPHA) -> Adjacency:
     )
 
 
-def build_from_sequences(patches, offsets, alpha: float = DEFAULT_ALPHA) -> Adjacency:
-    return build(ng.index_sequences(patches, offsets).table, alpha)
-
-
 def to_table(adj: Adjacency) -> ng.NgramTable:
     """The 2-/3-gram part of an n-gram table (1-gram layer empty)."""
     return ng.NgramTable(
@@ -251,3 +247,29 @@ def from_stored(
         np.asarray(weights, np.float64),
         float(alpha),
     )
+
+
+def csr_problems(graph: Adjacency) -> list[str]:
+    """What is wrong with a graph's CSR (empty = well formed): indptr a monotone 0..E offset
+    array, targets in range, counts positive, weights finite and <= 0, every edge (a,b)->(b,c),
+    and the smoothed transition probabilities of every node with out-edges summing to 1."""
+    problems = []
+    indptr, indices = graph.indptr, graph.indices
+    if indptr[0] != 0 or indptr[-1] != indices.size or np.any(np.diff(indptr) < 0):
+        problems.append("indptr is not a monotone 0..E offset array")
+        return problems
+    if indices.size and (indices.min() < 0 or indices.max() >= graph.n_nodes):
+        problems.append("edge target out of range")
+    if np.any(graph.counts <= 0) or np.any(graph.node_counts <= 0):
+        problems.append("non-positive counts")
+    if not np.all(np.isfinite(graph.weights)) or np.any(graph.weights > 1e-12):
+        problems.append("weights must be finite and <= 0")
+    src = graph.edge_sources()
+    if not np.array_equal(graph.nodes[src][:, 1], graph.nodes[indices][:, 0]):
+        problems.append("an edge (a,b)->(c,d) has b != c")
+    has_out = graph.outdeg > 0
+    if has_out.any():
+        sums = np.add.reduceat(np.exp(graph.weights), indptr[:-1][has_out])
+        if not np.allclose(sums, 1.0, atol=1e-9):
+            problems.append("smoothed transition probabilities do not sum to 1")
+    return problems

@@ -37,11 +37,7 @@ Cardinality (Horvitz–Thompson)
     solved by Newton's method started at the number of set bits (the function is convex and
     decreasing, so the iterates increase monotonically to the root).  An empty layer gives 0; a
     fully saturated layer gives ``inf``.  Relative standard error is about ``0.6 / sqrt(m)``
-    (measured in tests/compute/test_hllset.py).
-
-BSS
-    ``τ(A, B) = |A ∩ B| / |B|`` (inclusion of B in A) and ``ρ(A, B) = |A ∖ B| / |B|``, with all
-    cardinalities estimated on the word-wise results; NaN when ``|B| = 0``.
+    (measured in tests/lib/sketch/test_hllset.py).
 """
 
 from __future__ import annotations
@@ -356,14 +352,3 @@ class HLLSet:
     def cardinality(self) -> np.ndarray:
         """Estimated distinct keys per layer (3,)."""
         return cardinality(self.words, self.p)
-
-
-def bss(a: HLLSet, b: HLLSet) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer ``(τ, ρ)`` with ``τ = |A∩B|/|B|`` and ``ρ = |A∖B|/|B|`` (NaN where |B| = 0)."""
-    card_b = b.cardinality()
-    inter = (a & b).cardinality()
-    diff = (a - b).cardinality()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tau = np.where(card_b > 0, inter / np.where(card_b > 0, card_b, 1.0), np.nan)
-        rho = np.where(card_b > 0, diff / np.where(card_b > 0, card_b, 1.0), np.nan)
-    return tau, rho

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -431,6 +431,8 @@ class NgramTable:
     grams: tuple[np.ndarray, np.ndarray, np.ndarray]
     counts: tuple[np.ndarray, np.ndarray, np.ndarray]
     _hash_threads: int | None = field(default=None, repr=False)
+    # hashes per order known in advance (stored ones, :meth:`with_hashes`); None = compute them
+    known_hashes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def n_tokens(self) -> int:
@@ -492,8 +494,21 @@ class NgramTable:
 
     @cached_property
     def hashes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Hashes per order (see :meth:`hash_rows`)."""
+        """Hashes per order: the known ones, else computed (see :meth:`hash_rows`)."""
+        if self.known_hashes is not None:
+            return self.known_hashes
         return tuple(self.hash_rows(n) for n in ORDERS)
+
+    def with_hashes(self, hashes: Sequence[np.ndarray]) -> NgramTable:
+        """This table with its per-order hashes given (e.g. read back from storage) instead of
+        computed; each array must have one uint64 per row of its order."""
+        known = tuple(np.asarray(h, dtype=np.uint64) for h in hashes)
+        if [h.shape for h in known] != [(self.size(n),) for n in ORDERS]:
+            raise ValueError(
+                f"hashes of sizes {[h.size for h in known]} for "
+                f"{[self.size(n) for n in ORDERS]} rows per order"
+            )
+        return replace(self, known_hashes=known)
 
     def canonical_equal(self, other: NgramTable) -> bool:
         """Same distinct n-grams (by bytes) with the same counts."""

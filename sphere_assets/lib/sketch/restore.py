@@ -87,6 +87,19 @@ def bit_lookup(bits: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
     return indptr, order
 
 
+def layer_bit_lookups(
+    orders: np.ndarray, bits: np.ndarray, p: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per n-gram order 1..3 of a table that holds all orders (``orders``, ``bits`` per row):
+    :func:`bit_lookup` of that order's rows, its rows given as row numbers of the whole table."""
+    out = []
+    for order in ng.ORDERS:
+        sel = np.flatnonzero(orders == order)
+        indptr, local = bit_lookup(bits[sel], p)
+        out.append((indptr, sel[local].astype(np.int64)))
+    return out
+
+
 def rows_for_bits(indptr: np.ndarray, order: np.ndarray, bits: np.ndarray) -> np.ndarray:
     starts = indptr[bits]
     lengths = indptr[bits + 1] - starts
@@ -378,43 +391,55 @@ def _sentinel_rows(xs: np.ndarray) -> np.ndarray:
     return np.concatenate([start, end]).astype(np.int32)
 
 
-def validate(hll: hs.HLLSet, index: RestoreIndex) -> Validation:
-    """Candidates per set bit, cross-validated 3-grams (vocabulary + synthesised sentinels)."""
-    n_tokens = index.n_tokens
-    table = index.table
-    set_bits = [hll.set_bits(layer) for layer in range(3)]
-    cands = [rows_for_bits(*index.lookup[layer], set_bits[layer]) for layer in range(3)]
-    n_cands = tuple(int(c.size) for c in cands)
-    # 1-grams: usable patches
-    patch_ids = np.unique(table.grams[0][cands[0], 0]).astype(np.int32)
-    usable = np.zeros(n_tokens, dtype=bool)
-    usable[patch_ids] = True
-    # inner 2-grams: both parts usable patches (sentinel 2-grams are synthesised below)
-    g2 = table.grams[1][cands[1]]
-    inner2 = cands[1][usable[g2[:, 0]] & usable[g2[:, 1]]]
-    valid2 = np.zeros(table.size(2), dtype=bool)
-    valid2[inner2] = True
-    # inner 3-grams from the vocabulary: own bit set (by lookup), parts usable, 2-grams valid
-    c3 = cands[2][index.inner3[cands[2]]]
-    g3 = table.grams[2][c3]
+def _flags(ids: np.ndarray, n_tokens: int) -> np.ndarray:
+    """(n_tokens,) bool, True at ``ids``."""
+    out = np.zeros(n_tokens, dtype=bool)
+    out[ids] = True
+    return out
+
+
+def _inner_pairs(table: ng.NgramTable, cands2: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Candidate 2-gram rows whose two parts are usable patches (sentinel 2-grams are
+    synthesised instead, see :func:`_sentinel_ends`)."""
+    g2 = table.grams[1][cands2]
+    return cands2[usable[g2[:, 0]] & usable[g2[:, 1]]]
+
+
+def _inner_triples(
+    index: RestoreIndex, cands3: np.ndarray, usable: np.ndarray, valid2: np.ndarray
+) -> np.ndarray:
+    """Candidate vocabulary 3-gram rows without sentinels (own bit set, by lookup) whose parts
+    are usable patches and whose two 2-grams are valid."""
+    c3 = cands3[index.inner3[cands3]]
+    g3 = index.table.grams[2][c3]
     keep = usable[g3[:, 0]] & usable[g3[:, 1]] & usable[g3[:, 2]]
     keep &= valid2[index.left2[c3]] & valid2[index.right2[c3]]
-    inner3 = c3[keep]
-    # sentinel 2-grams (START, x) / (x, END) for usable x, kept when their layer-2 bit is set
+    return c3[keep]
+
+
+def _sentinel_ends(
+    hll: hs.HLLSet, index: RestoreIndex, patch_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, bits) of the sentinel 2-grams (START, x) / (x, END) of the usable patches, and
+    which token may open (START, x) / close (x, END) a sequence: its 2-gram's layer-2 bit is set."""
     sentinel2 = _sentinel_rows(patch_ids)
     sentinel2_bits = _hash_bits(index, sentinel2)
     sentinel2_set = _bit_is_set(hll.words[1], sentinel2_bits)
     n_x = patch_ids.size
-    start_ok = np.zeros(n_tokens, dtype=bool)
-    end_ok = np.zeros(n_tokens, dtype=bool)
-    start_ok[patch_ids[sentinel2_set[:n_x]]] = True
-    end_ok[patch_ids[sentinel2_set[n_x:]]] = True
-    # sentinel 3-grams (START,x,y), (x,y,END), (START,x,END), kept when their bit is set
-    pairs = table.grams[1][inner2]
+    start_ok = _flags(patch_ids[sentinel2_set[:n_x]], index.n_tokens)
+    end_ok = _flags(patch_ids[sentinel2_set[n_x:]], index.n_tokens)
+    return sentinel2, sentinel2_bits, start_ok, end_ok
+
+
+def _sentinel_triples(
+    pairs: np.ndarray, patch_ids: np.ndarray, start_ok: np.ndarray, end_ok: np.ndarray
+) -> np.ndarray:
+    """(m, 3) int32 sentinel 3-grams (START,x,y), (x,y,END), (START,x,END) that the usable
+    pairs and the opening/closing tokens allow."""
     opens = pairs[start_ok[pairs[:, 0]]]
     closes = pairs[end_ok[pairs[:, 1]]]
     alone = patch_ids[start_ok[patch_ids] & end_ok[patch_ids]]
-    syn = np.concatenate(
+    return np.concatenate(
         [
             np.concatenate([np.full((opens.shape[0], 1), ng.START_ID, np.int32), opens], axis=1),
             np.concatenate([closes, np.full((closes.shape[0], 1), ng.END_ID, np.int32)], axis=1),
@@ -428,9 +453,31 @@ def validate(hll: hs.HLLSet, index: RestoreIndex) -> Validation:
             ),
         ]
     ).astype(np.int32)
-    syn_bits = _hash_bits(index, syn)
-    syn_set = _bit_is_set(hll.words[2], syn_bits)
-    syn, syn_bits = syn[syn_set], syn_bits[syn_set]
+
+
+def _rows_with_set_bits(
+    index: RestoreIndex, words: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, bits): the token-id rows whose hashed key's bit is set in layer ``words``."""
+    bits = _hash_bits(index, rows)
+    is_set = _bit_is_set(words, bits)
+    return rows[is_set], bits[is_set]
+
+
+def validate(hll: hs.HLLSet, index: RestoreIndex) -> Validation:
+    """Candidates per set bit, cross-validated 3-grams (vocabulary + synthesised sentinels)."""
+    table = index.table
+    set_bits = [hll.set_bits(layer) for layer in range(3)]
+    cands = [rows_for_bits(*index.lookup[layer], set_bits[layer]) for layer in range(3)]
+    n_cands = tuple(int(c.size) for c in cands)
+    patch_ids = np.unique(table.grams[0][cands[0], 0]).astype(np.int32)  # usable patches
+    usable = _flags(patch_ids, index.n_tokens)
+    inner2 = _inner_pairs(table, cands[1], usable)
+    inner3 = _inner_triples(index, cands[2], usable, _flags(inner2, table.size(2)))
+    sentinel2, sentinel2_bits, start_ok, end_ok = _sentinel_ends(hll, index, patch_ids)
+    syn, syn_bits = _rows_with_set_bits(
+        index, hll.words[2], _sentinel_triples(table.grams[1][inner2], patch_ids, start_ok, end_ok)
+    )
     syn_weights = np.array([_sentinel_weight(index, row) for row in syn.tolist()], dtype=np.float64)
     edges = np.concatenate([table.grams[2][inner3], syn]).astype(np.int32)
     weights = np.concatenate([index.weight3[inner3], syn_weights])
@@ -750,6 +797,179 @@ def _patches_of_path(
     return [token_bytes[i] for i in ids if i >= ng.FIRST_PATCH_ID]
 
 
+def _edge_use_limit(max_edge_uses: int | None, length: int | None) -> int:
+    """``max_edge_uses`` as given, else 1 (trails) without a length and 0 (no limit) with one."""
+    if max_edge_uses is not None:
+        return max_edge_uses
+    return 1 if length is None else 0
+
+
+def _check_request(
+    hll: hs.HLLSet, index: RestoreIndex, k: int, beam_width: int, length: int | None
+) -> None:
+    """Raise ValueError for a request restore cannot serve (P mismatch, k/beam/length < 1)."""
+    if hll.p != index.p:
+        raise ValueError(f"HLLSet has P={hll.p} but the restore index was built for P={index.p}")
+    if k < 1 or beam_width < 1:
+        raise ValueError(f"k and beam_width must be >= 1, got k={k}, beam_width={beam_width}")
+    if length is not None and (not isinstance(length, int | np.integer) or length < 1):
+        raise ValueError(f"length (patches in the span) must be an int >= 1, got {length!r}")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a restore was asked (and when it started): the fixed part of its report."""
+
+    p: int
+    n_set_bits: tuple[int, int, int]
+    beam_width: int
+    max_edge_uses: int
+    length: int | None
+    context_order: int
+    t0: float
+
+    def result(
+        self,
+        candidates: list[Restored],
+        v: Validation | None = None,
+        depth: int = 0,
+        reason: str | None = None,
+        length_fallback: bool = False,
+    ) -> RestoreResult:
+        """The result with its report; ``v`` None = stopped before validation."""
+        report = RestoreReport(
+            p=self.p,
+            n_set_bits=self.n_set_bits,
+            n_candidates=(0, 0, 0) if v is None else v.n_candidates,
+            n_cover=0 if v is None else sum(int(c.shape[0]) for c in v.cover),
+            n_validated_edges=0 if v is None else int(v.edges.shape[0]),
+            n_synthesized_edges=0 if v is None else v.n_synthesized,
+            coverage=0.0 if v is None else v.coverage(),
+            latency_ms=(time.perf_counter() - self.t0) * 1e3,
+            beam_width=self.beam_width,
+            depth=depth,
+            reason=reason,
+            max_edge_uses=self.max_edge_uses,
+            length=self.length,
+            context_order=self.context_order,
+            length_fallback=length_fallback,
+        )
+        return RestoreResult(candidates, report, () if v is None else v.cover)
+
+
+def _unrestorable(v: Validation) -> str | None:
+    """Why validation left nothing to search (no usable patch, no 3-gram edge), else None."""
+    if v.n_candidates[0] == 0:
+        return (
+            "no vocabulary patch hashes to a set bit of the 1-gram layer "
+            "(the HLLSet's patches are unknown to this vocabulary, or P differs)"
+        )
+    if v.edges.shape[0] == 0:
+        return (
+            "no 3-gram candidate passed cross-validation "
+            "(a 3-gram needs its own bit, its 1-grams and both 2-grams set)"
+        )
+    return None
+
+
+def _walk_paths(
+    v: Validation, n_tokens: int, context: cm.ContextScorer | None
+) -> list[tuple[float, int, list[int]]]:
+    """The covering walks of the validated edges, scored as the beam search scores a path."""
+    return [
+        (path_score(v.edges, v.weights, walk, context), distinct, walk)
+        for _, distinct, walk in covering_walks(v.edges, v.weights, n_tokens)
+    ]
+
+
+def _paths_of_length(
+    v: Validation,
+    n_tokens: int,
+    beam_width: int,
+    max_edge_uses: int,
+    length: int | None,
+    context: cm.ContextScorer | None,
+    walks: list[tuple[float, int, list[int]]],
+) -> tuple[list[tuple[float, int, list[int]]], int]:
+    """Beam-search paths, then the walks of that length (all walks without a length); depth."""
+    found, depth = beam_search(
+        v.edges, v.weights, n_tokens, beam_width, max_edge_uses, length=length, context=context
+    )
+    found += [w for w in walks if length is None or len(w[2]) == length]
+    return found, depth
+
+
+def _search(
+    v: Validation,
+    n_tokens: int,
+    beam_width: int,
+    max_edge_uses: int,
+    length: int | None,
+    context: cm.ContextScorer | None,
+    covering_walk: bool,
+) -> tuple[list[tuple[float, int, list[int]]], int, bool]:
+    """(paths, depth, length_fallback): the search at ``length``; when that finds nothing (long
+    spans can lose it from the beam), the length-free search (trails + covering walks)."""
+    walks = _walk_paths(v, n_tokens, context) if covering_walk else []
+    paths, depth = _paths_of_length(v, n_tokens, beam_width, max_edge_uses, length, context, walks)
+    if paths or length is None:
+        return paths, depth, False
+    paths, depth = _paths_of_length(v, n_tokens, beam_width, 1, None, context, walks)
+    return paths, depth, True
+
+
+def _rank(
+    paths: list[tuple[float, int, list[int]]], v: Validation, token_bytes: list[bytes]
+) -> list[tuple[float, float, list[bytes], int]]:
+    """(3-gram bit coverage, score, patches, edges) per path, best first: coverage, score, bytes."""
+    n_bits3 = max(v.set_bits[2].size, 1)
+    ranked = []
+    for score, _, path in paths:
+        bit_cover = np.unique(v.edge_bits[path]).size / n_bits3
+        patches = _patches_of_path(v.edges, path, token_bytes)
+        ranked.append((bit_cover, score, patches, len(path)))
+    ranked.sort(key=lambda r: (-r[0], -r[1], r[2]))
+    return ranked
+
+
+def _distinct_top(
+    ranked: list[tuple[float, float, list[bytes], int]], k: int
+) -> list[tuple[float, float, list[bytes], int]]:
+    """The first ``k`` ranked entries with distinct patch sequences."""
+    top = []
+    seen = set()
+    for item in ranked:
+        key = tuple(item[2])
+        if key not in seen:
+            seen.add(key)
+            top.append(item)
+            if len(top) == k:
+                break
+    return top
+
+
+def _candidates(
+    top: list[tuple[float, float, list[bytes], int]], hll: hs.HLLSet, p: int, verify: bool
+) -> list[Restored]:
+    """Restored orderings with ``confidence = coverage × softmax(score)`` over ``top``; with
+    ``verify`` each is re-ingested and compared with ``hll`` bit for bit."""
+    best = max(item[1] for item in top)
+    probs = np.array([math.exp(item[1] - best) for item in top])
+    probs /= probs.sum()
+    return [
+        Restored(
+            patches=patches,
+            text=b"".join(patches).decode("utf-8", errors="replace"),
+            score=float(score),
+            edge_coverage=float(cov),
+            confidence=float(cov * prob),
+            n_edges=n_used,
+            roundtrip=(ng.hllset_of_patches(patches, p) == hll) if verify else None,
+        )
+        for (cov, score, patches, n_used), prob in zip(top, probs, strict=True)
+    ]
+
+
 def restore(
     hll: hs.HLLSet,
     index: RestoreIndex,
@@ -775,129 +995,30 @@ def restore(
     HLLSet bit-for-bit (``Restored.roundtrip``).
     """
     t0 = time.perf_counter()
-    if max_edge_uses is None:
-        max_edge_uses = 1 if length is None else 0
+    max_edge_uses = _edge_use_limit(max_edge_uses, length)
     context = index.context if use_context else None
-    if hll.p != index.p:
-        raise ValueError(f"HLLSet has P={hll.p} but the restore index was built for P={index.p}")
-    if k < 1 or beam_width < 1:
-        raise ValueError(f"k and beam_width must be >= 1, got k={k}, beam_width={beam_width}")
-    if length is not None and (not isinstance(length, int | np.integer) or length < 1):
-        raise ValueError(f"length (patches in the span) must be an int >= 1, got {length!r}")
-    n_set = tuple(int(x) for x in hll.n_set_bits())
-    state: dict = {
-        "cands": (0, 0, 0),
-        "cover": None,
-        "n_edges": 0,
-        "n_syn": 0,
-        "coverage": 0.0,
-        "length_fallback": False,
-    }
-
-    def finish(candidates: list[Restored], depth: int = 0, reason: str | None = None):
-        cover = state["cover"]
-        report = RestoreReport(
-            p=index.p,
-            n_set_bits=n_set,
-            n_candidates=state["cands"],
-            n_cover=0 if cover is None else sum(int(c.shape[0]) for c in cover),
-            n_validated_edges=state["n_edges"],
-            n_synthesized_edges=state["n_syn"],
-            coverage=state["coverage"],
-            latency_ms=(time.perf_counter() - t0) * 1e3,
-            beam_width=beam_width,
-            depth=depth,
-            reason=reason,
-            max_edge_uses=max_edge_uses,
-            length=length,
-            context_order=context.max_order if context is not None else 0,
-            length_fallback=state["length_fallback"],
-        )
-        return RestoreResult(candidates, report, cover if cover is not None else ())
-
-    if sum(n_set) == 0:
-        return finish([], reason="the HLLSet is empty (no bit set in any layer)")
+    _check_request(hll, index, k, beam_width, length)
+    request = _Request(
+        p=index.p,
+        n_set_bits=tuple(int(x) for x in hll.n_set_bits()),
+        beam_width=beam_width,
+        max_edge_uses=max_edge_uses,
+        length=length,
+        context_order=context.max_order if context is not None else 0,
+        t0=t0,
+    )
+    if sum(request.n_set_bits) == 0:
+        return request.result([], reason="the HLLSet is empty (no bit set in any layer)")
     v = validate(hll, index)
-    state.update(
-        cands=v.n_candidates,
-        cover=v.cover,
-        n_edges=int(v.edges.shape[0]),
-        n_syn=v.n_synthesized,
-        coverage=v.coverage(),
+    reason = _unrestorable(v)
+    if reason is not None:
+        return request.result([], v, reason=reason)
+    paths, depth, fallback = _search(
+        v, index.n_tokens, beam_width, max_edge_uses, length, context, covering_walk
     )
-    if v.n_candidates[0] == 0:
-        return finish(
-            [],
-            reason="no vocabulary patch hashes to a set bit of the 1-gram layer "
-            "(the HLLSet's patches are unknown to this vocabulary, or P differs)",
-        )
-    if v.edges.shape[0] == 0:
-        return finish(
-            [],
-            reason="no 3-gram candidate passed cross-validation "
-            "(a 3-gram needs its own bit, its 1-grams and both 2-grams set)",
-        )
-
-    walks = (
-        [
-            (path_score(v.edges, v.weights, walk, context), distinct, walk)
-            for _, distinct, walk in covering_walks(v.edges, v.weights, index.n_tokens)
-        ]
-        if covering_walk
-        else []
-    )
-
-    def search(span_length: int | None, uses: int) -> tuple[list, int]:
-        found, reached = beam_search(
-            v.edges,
-            v.weights,
-            index.n_tokens,
-            beam_width,
-            uses,
-            length=span_length,
-            context=context,
-        )
-        found += [w for w in walks if span_length is None or len(w[2]) == span_length]
-        return found, reached
-
-    paths, depth = search(length, max_edge_uses)
-    if not paths and length is not None:
-        # no ordering of exactly that length was found (long spans can lose it from the beam):
-        # fall back to the length-free search (trails + covering walks) rather than give up
-        paths, depth = search(None, 1)
-        state["length_fallback"] = True
     if not paths:
-        return finish([], depth, "no _START_ -> _END_ path through the validated 3-gram edges")
-    n_bits3 = max(v.set_bits[2].size, 1)
-    ranked = []
-    for score, _, path in paths:
-        bit_cover = np.unique(v.edge_bits[path]).size / n_bits3
-        patches = _patches_of_path(v.edges, path, index.token_bytes)
-        ranked.append((bit_cover, score, patches, len(path)))
-    ranked.sort(key=lambda r: (-r[0], -r[1], r[2]))  # coverage, score, then the bytes
-    top = []
-    seen = set()
-    for item in ranked:
-        key = tuple(item[2])
-        if key not in seen:
-            seen.add(key)
-            top.append(item)
-            if len(top) == k:
-                break
-    best = max(item[1] for item in top)
-    probs = np.array([math.exp(item[1] - best) for item in top])
-    probs /= probs.sum()
-    out = []
-    for (cov, score, patches, n_used), prob in zip(top, probs, strict=True):
-        out.append(
-            Restored(
-                patches=patches,
-                text=b"".join(patches).decode("utf-8", errors="replace"),
-                score=float(score),
-                edge_coverage=float(cov),
-                confidence=float(cov * prob),
-                n_edges=n_used,
-                roundtrip=(ng.hllset_of_patches(patches, index.p) == hll) if verify else None,
-            )
+        return request.result(
+            [], v, depth, "no _START_ -> _END_ path through the validated 3-gram edges", fallback
         )
-    return finish(out, depth)
+    top = _distinct_top(_rank(paths, v, index.token_bytes), k)
+    return request.result(_candidates(top, hll, index.p, verify), v, depth, None, fallback)

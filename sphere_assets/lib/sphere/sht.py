@@ -199,16 +199,6 @@ def _legendre_by_step(L: int, theta: np.ndarray):
         yield k, (flip * value if k % 2 else value)
 
 
-def legendre_lm(L: int, theta) -> np.ndarray:
-    """Dense lam[l, m, n] (zeros for m > l) at colatitudes theta; for checks and small L."""
-    theta = np.asarray(theta, dtype=np.float64).reshape(-1)
-    out = np.zeros((L, L, theta.size))
-    m = np.arange(L)
-    for k, lam in _legendre_by_step(L, theta):
-        out[m[: L - k] + k, m[: L - k]] = lam
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # table layout
 

@@ -43,12 +43,8 @@ level ``r_min + (r_max - r_min) Phi(score)`` (robust-normalised information scor
 Reported shell = nearest shell radius of the final ``r_i``; the balance metrics are the same as
 for the lateral method.
 
-Approximate kNN (``approx_knn``)
--------------------------------
-Unit embeddings; ``tables`` sign-random-projection hashes (``bits = ceil(log2(N / block)) +
-2`` hyperplanes each, seeded); rows sorted by hash code; each block of ``block`` consecutive
-rows compares against itself and both neighbouring blocks (exact cosine); the per-table top-k
-lists are merged (duplicates removed) into the final top-k. ``N <= 3 block``: exact.
+The kNN lists come from ``neighbours.approx_knn`` (sorted sign-random-projection blocks);
+the SH density field and its gradient from ``density.py``.
 
 What is thrml here
 ------------------
@@ -68,7 +64,6 @@ SH density field are plain JAX/numpy.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -84,9 +79,26 @@ from thrml.models.ebm import EBMFactor, FactorizedEBM
 
 from sphere_assets.lib.sphere import sht
 from sphere_assets.lib.sphere import waterfill as wf
+from sphere_assets.lib.sphere.density import (
+    GridShape,
+    cell_index,
+    density_gradient,
+    interpolate,
+    lowpass_taper,
+    shell_density,
+    unit_angles,
+)
+from sphere_assets.lib.sphere.features import (
+    FEATURE_CHUNK,
+    angles_of,
+    check_shapes,
+    score_level,
+    unit_rows,
+)
+from sphere_assets.lib.sphere.neighbours import approx_knn
+from sphere_assets.lib.sphere.shells import balance_report, shell_of_radius
 
 PARTICLE_SD = jax.ShapeDtypeStruct((3,), jnp.float32)
-_KNN_BATCH = 32  # hash blocks per batched matmul
 
 
 class ParticleNode(thrml.AbstractNode):
@@ -121,167 +133,6 @@ class LangevinConfig:
             raise ValueError("thrml_langevin: step_size > 0 and temperature >= 0 required")
         if self.knn_k < 0 or self.knn_tables < 1 or self.knn_block < 8:
             raise ValueError("thrml_langevin: knn_k >= 0, knn_tables >= 1, knn_block >= 8")
-
-
-# ---------------------------------------------------------------------------------------------
-# approximate kNN (sparse interaction lists)
-
-
-def _topk_desc(sims: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest entries per row, sorted by decreasing value."""
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
-def exact_knn(unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force cosine top-k (self excluded) for small N."""
-    sims = unit @ unit.T
-    np.fill_diagonal(sims, -np.inf)
-    idx = _topk_desc(sims, k)
-    return idx.astype(np.int32), np.take_along_axis(sims, idx, axis=1).astype(np.float32)
-
-
-def approx_knn(
-    unit: np.ndarray, k: int, tables: int = 4, block: int = 256, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate cosine kNN by sorted sign-random-projection blocks (module docstring)."""
-    unit = np.ascontiguousarray(unit, dtype=np.float32)
-    n, dim = unit.shape
-    k = min(k, n - 1)
-    if k <= 0:
-        return np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32)
-    with threadpool_limits(1, "blas"):  # many small GEMMs: BLAS threads only contend
-        if n <= 3 * block:
-            return exact_knn(unit, k)
-        return _approx_knn(unit, k, tables, block, seed)
-
-
-def _approx_knn(unit, k, tables, block, seed):
-    n, dim = unit.shape
-    rng = np.random.default_rng(seed)
-    bits = min(62, math.ceil(math.log2(n / block)) + 2)
-    n_blocks = -(-n // block)
-    padded = np.concatenate([unit, np.zeros((1, dim), np.float32)])  # row n: dummy
-    all_i = np.empty((n, tables * k), np.int64)
-    all_s = np.empty((n, tables * k), np.float32)
-    for t in range(tables):
-        planes = rng.standard_normal((dim, bits)).astype(np.float32)
-        code = ((unit @ planes) > 0).astype(np.int64) @ (np.int64(1) << np.arange(bits))
-        order = np.argsort(code, kind="stable")
-        rows = np.concatenate([order, np.full(n_blocks * block - n, n)]).reshape(n_blocks, block)
-        ext = np.concatenate([np.full((1, block), n), rows, np.full((1, block), n)])
-        cands = np.concatenate([ext[:-2], ext[1:-1], ext[2:]], axis=1)  # [n_blocks, 3 block]
-        for b0 in range(0, n_blocks, _KNN_BATCH):
-            q = rows[b0 : b0 + _KNN_BATCH]
-            c = cands[b0 : b0 + _KNN_BATCH]
-            sims = np.matmul(padded[q], padded[c].transpose(0, 2, 1))  # [nb, block, 3 block]
-            sims[(q[:, :, None] == c[:, None, :]) | (c[:, None, :] == n)] = -np.inf
-            sims = sims.reshape(-1, 3 * block)
-            top = _topk_desc(sims, k)
-            q_flat = q.reshape(-1)
-            real = q_flat < n
-            c_rep = np.repeat(c, block, axis=0)
-            all_i[q_flat[real], t * k : (t + 1) * k] = np.take_along_axis(c_rep, top, axis=1)[real]
-            all_s[q_flat[real], t * k : (t + 1) * k] = np.take_along_axis(sims, top, axis=1)[real]
-    # drop duplicate candidates (same neighbour found by several tables)
-    order = np.argsort(all_i, axis=1, kind="stable")
-    si = np.take_along_axis(all_i, order, axis=1)
-    ss = np.take_along_axis(all_s, order, axis=1)
-    dup = np.zeros_like(si, bool)
-    dup[:, 1:] = si[:, 1:] == si[:, :-1]
-    ss[dup | (si >= n)] = -np.inf
-    top = _topk_desc(ss, k)
-    idx = np.take_along_axis(si, top, axis=1)
-    sim = np.take_along_axis(ss, top, axis=1)
-    # rows that found fewer than k distinct neighbours (tiny blocks): point at themselves with
-    # weight 0 (no force, no energy)
-    missing = ~np.isfinite(sim)
-    idx[missing] = np.broadcast_to(np.arange(n)[:, None], idx.shape)[missing]
-    sim[missing] = 0.0
-    return idx.astype(np.int32), sim.astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# SH density field on the grid
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    n_theta: int
-    n_phi: int
-
-
-def angles(unit):
-    """(theta, phi) of unit vectors (JAX)."""
-    theta = jnp.arccos(jnp.clip(unit[..., 2], -1.0, 1.0))
-    phi = jnp.mod(jnp.arctan2(unit[..., 1], unit[..., 0]), 2 * jnp.pi)
-    return theta, phi
-
-
-def grid_density(plan, grid: GridSpec, theta, phi, shell, counts, taper, area, n_shells):
-    """Relative SH-smoothed density per shell on the grid [S, n_theta, n_phi] (1 = uniform)."""
-    it, ip = sht.grid_cell(grid, theta, phi)
-    cell = (it * grid.n_phi + ip).astype(jnp.int32)
-    n_cells = grid.n_theta * grid.n_phi
-    hist = jax.ops.segment_sum(
-        jnp.ones(theta.shape[0], jnp.float32),
-        shell * n_cells + cell,
-        num_segments=n_shells * n_cells,
-    ).reshape(n_shells, grid.n_theta, grid.n_phi)
-    coeffs = sht.analysis(plan, hist / area[None, :, None]) * taper[None, :]
-    smooth = sht.synthesis(plan, coeffs).astype(jnp.float32)
-    return smooth * (4 * jnp.pi / jnp.maximum(counts, 1.0))[:, None, None]
-
-
-def _corners(grid: GridSpec, theta, phi):
-    """Bilinear corner offsets and weights of (theta, phi) on the grid."""
-    n_t, n_p = grid.n_theta, grid.n_phi
-    ft = theta * (n_t / jnp.pi) - 0.5  # node t sits at (t + 1/2) pi / n_theta
-    t0 = jnp.clip(jnp.floor(ft), 0, n_t - 2).astype(jnp.int32)
-    a = jnp.clip(ft - t0, 0.0, 1.0)
-    fp = phi * (n_p / (2 * jnp.pi))
-    p0f = jnp.floor(fp)
-    b = fp - p0f
-    p0 = p0f.astype(jnp.int32) % n_p
-    p1 = (p0 + 1) % n_p
-    offs = (t0 * n_p + p0, t0 * n_p + p1, (t0 + 1) * n_p + p0, (t0 + 1) * n_p + p1)
-    weights = ((1 - a) * (1 - b), (1 - a) * b, a * (1 - b), a * b)
-    return offs, weights
-
-
-def interpolate(field_, grid: GridSpec, shell, theta, phi):
-    """Bilinear interpolation of per-shell grid fields [S, T, P, ...] at (theta, phi)."""
-    flat = field_.reshape((-1,) + field_.shape[3:])
-    base = shell * (grid.n_theta * grid.n_phi)
-    offs, weights = _corners(grid, theta, phi)
-    out = 0.0
-    for o, w in zip(offs, weights, strict=True):
-        v = flat[base + o]
-        out = out + (w[:, None] * v if v.ndim > 1 else w * v)
-    return out
-
-
-def with_gradient(field_, grid: GridSpec):
-    """Stack [S, T, P, 3]: the field, d/dtheta and (1/sin theta) d/dphi (grid differences)."""
-    theta = (jnp.arange(grid.n_theta, dtype=jnp.float32) + 0.5) * (jnp.pi / grid.n_theta)
-    d_t = jnp.pi / grid.n_theta
-    d_p = 2 * jnp.pi / grid.n_phi
-    f_t = jnp.gradient(field_, d_t, axis=1)  # one-sided at the first/last ring
-    f_p = (jnp.roll(field_, -1, axis=2) - jnp.roll(field_, 1, axis=2)) / (2 * d_p)
-    f_p = f_p / jnp.sin(theta)[None, :, None]
-    return jnp.stack([field_, f_t, f_p], axis=-1)
-
-
-def density_gradient(field_, grid: GridSpec, shell, unit, theta, phi):
-    """Tangential gradient (Cartesian) of the interpolated field at unit vectors."""
-    vals = interpolate(with_gradient(field_, grid), grid, shell, theta, phi)  # [N, 3]
-    z = jnp.clip(unit[:, 2], -1.0, 1.0)
-    rho_xy = jnp.sqrt(jnp.maximum(unit[:, 0] ** 2 + unit[:, 1] ** 2, 1e-12))
-    cp, sp = unit[:, 0] / rho_xy, unit[:, 1] / rho_xy
-    e_theta = jnp.stack([z * cp, z * sp, -rho_xy], axis=1)
-    e_phi = jnp.stack([-sp, cp, jnp.zeros_like(cp)], axis=1)
-    return vals[:, 1:2] * e_theta + vals[:, 2:3] * e_phi
 
 
 def _split(x):
@@ -328,16 +179,17 @@ class DensityField(eqx.Module):
     taper: jax.Array
     area: jax.Array
     counts: jax.Array  # [S] float32
-    grid: GridSpec = eqx.field(static=True)
+    grid: GridShape = eqx.field(static=True)
     n_shells: int = eqx.field(static=True)
 
     def build(self, theta, phi, shell):
-        return grid_density(
+        """Relative density per shell on the grid [S, n_theta, n_phi] of points at (theta, phi)."""
+        return shell_density(
             self.plan,
             self.grid,
-            theta,
-            phi,
             shell,
+            cell_index(self.grid, theta, phi),
+            jnp.ones(theta.shape[0], jnp.float32),
             self.counts,
             self.taper,
             self.area,
@@ -408,7 +260,7 @@ class DensityRepulsionFactor(EBMFactor):
 
     def energy(self, global_state, block_spec):
         _, n = _split(_positions(global_state, block_spec, self.node_groups[0]))
-        theta, phi = angles(n)
+        theta, phi = unit_angles(n)
         rho = self.density.build(theta, phi, self.shell)
         values = interpolate(rho, self.density.grid, self.shell, theta, phi)
         return 0.5 * self.strength * jnp.sum(values)
@@ -456,7 +308,7 @@ class LangevinSampler(thrml.AbstractConditionalSampler):
             force = force + jax.ops.segment_sum(
                 pull.reshape(-1, 3), neighbour.reshape(-1), num_segments=n.shape[0]
             )
-        theta, phi = angles(n)
+        theta, phi = unit_angles(n)
         rho = self.density.build(theta, phi, shell)
         grad = density_gradient(rho, self.density.grid, shell, n, theta, phi)
         force = force - self.repulsion * grad
@@ -525,10 +377,10 @@ def build_model(
     counts = np.bincount(np.asarray(shell), minlength=n_shells).astype(np.float32)
     density = DensityField(
         plan=sht.sht_plan(basis, dtype=np.float32),
-        taper=jnp.asarray(wf._lowpass_taper(basis.L, config.l_smooth)),
+        taper=jnp.asarray(lowpass_taper(basis.L, config.l_smooth)),
         area=jnp.asarray(np.asarray(basis.weights, np.float32)),
         counts=jnp.asarray(counts),
-        grid=GridSpec(basis.n_theta, basis.n_phi),
+        grid=GridShape(basis.n_theta, basis.n_phi),
         n_shells=n_shells,
     )
     factors = [RadialWellFactor(nodes, target_r, config.radial_stiffness)]
@@ -607,7 +459,7 @@ def place_thrml(
         lateral = wf.place(emb, prominence, config=wcfg, basis=basis, row_keys=row_keys)
         lateral.stats.update(method="thrml", energy_trace=[], energy_decreased=True)
         return lateral
-    wf.check_shapes(emb, prominence, row_keys)
+    check_shapes(emb, prominence, row_keys)
     if basis is not None and basis.L != wcfg.band_limit:
         wcfg = replace(wcfg, band_limit=basis.L)
     blas = threadpool_limits(wcfg.blas_threads, "blas") if wcfg.blas_threads else nullcontext()
@@ -616,11 +468,11 @@ def place_thrml(
         prep = wf.prepare_inputs(emb, prominence, wcfg, row_keys)
         lateral = wf.place_prepared(prep, wcfg, basis, None, device, t0)
         n = lateral.shell.size
-        level = wf.score_level(prep.score)
+        level = score_level(prep.score)
         t_knn = time.perf_counter()
         unit_emb = np.empty(emb.shape, np.float32)
-        for i in range(0, n, wf.FEATURE_CHUNK):
-            unit_emb[i : i + wf.FEATURE_CHUNK] = wf.unit_rows(emb[i : i + wf.FEATURE_CHUNK])
+        for i in range(0, n, FEATURE_CHUNK):
+            unit_emb[i : i + FEATURE_CHUNK] = unit_rows(emb[i : i + FEATURE_CHUNK])
         knn_idx, knn_sim = approx_knn(
             unit_emb, config.knn_k, config.knn_tables, config.knn_block, config.seed
         )
@@ -652,8 +504,8 @@ def place_thrml(
     unit = final / np.maximum(r, 1e-12)[:, None]
     r = np.clip(r, r_lo, r_hi)  # float32 rounding of |x| at the clipped bounds
     final = r[:, None] * unit
-    shell = wf.shell_of_radius(r, radii)
-    theta, phi = wf.angles_of(unit)
+    shell = shell_of_radius(r, radii)
+    theta, phi = angles_of(unit)
     counts = np.bincount(shell, minlength=len(radii)).astype(np.int64)
     half = max(1, len(energy) // 2)
     slope = float(np.polyfit(np.arange(len(energy)), energy, 1)[0]) if len(energy) > 1 else 0.0
@@ -681,14 +533,13 @@ def place_thrml(
         "seconds_build": model.build_seconds,
         "seconds_sampling": t_run,
         "seconds": time.perf_counter() - t0,
-        **wf.balance_report(counts, lateral.targets, wcfg.tol_frac, wcfg.tol_min),
+        **balance_report(counts, lateral.targets, wcfg.tol_frac, wcfg.tol_min),
     }
-    phi32 = phi.astype(np.float32)
     return wf.Placement(
         shell=shell,
         r=r.astype(np.float32),
         theta=theta.astype(np.float32),
-        phi=np.where(phi32 >= np.float32(2 * np.pi), np.float32(0), phi32),
+        phi=wf.wrap_phi32(phi),
         xyz=final.astype(np.float32),
         unit=unit.astype(np.float32),
         start_unit=lateral.start_unit,

@@ -1,114 +1,19 @@
 r"""Water-filled shell placement of patch embeddings (pure: numpy + JAX, no Dagster).
 
 Every embedding row ``e_i`` (dimension D) with prominence ``p_i`` gets a place
-``(shell_i, r_i, theta_i, phi_i)`` on a set of S concentric spheres ("shells").
+``(shell_i, r_i, theta_i, phi_i)`` on S concentric shells: square-root spaced radii, capacity
+fractions ``~ r_s^kappa`` turned into integer targets by the largest-remainder rule; a rank
+start from an information score (log prominence + concentration), PCA-3 start angles; then
+water-filling passes (one jitted ``lax.while_loop``) overflow the most prominent points of
+over-full shells outward, with a lateral move inside the shell instead (SH density field,
+``density.py``) when that relieves the crowding enough; stop when every shell holds its target
+within ``max(tol_min, tol_frac * target)``.
 
-Shells, capacities, targets
----------------------------
-* Radii, square-root spaced between ``r_min`` and ``r_max``::
-
-      t_s = s / max(S - 1, 1),   r_s = r_min + (r_max - r_min) * sqrt(t_s),   s = 0..S-1
-
-  (the spacing shrinks outward, where shells are larger).
-* Capacity fractions ``c_s = r_s^kappa / sum_j r_j^kappa`` (kappa = 1.5 by default). They are
-  scale-free, so per-shard placements that each match their own N add up to a balanced whole.
-* Integer targets by the largest-remainder (Hamilton) rule: ``q_s = N c_s``,
-  ``n_s = floor(q_s)``, then the ``N - sum_s n_s`` shells with the largest fractional parts
-  ``q_s - floor(q_s)`` get one more (ties: lower shell index first). ``sum_s n_s = N`` exactly.
-* Balance criterion (the asset check): ``|count_s - n_s| <= max(tol_min, tol_frac * n_s)``
-  with ``tol_min = 1``, ``tol_frac = 0.01``.
-
-Features of an embedding
-------------------------
-* ``a_i = log(max(p_i, 1e-30))``: log prominence (heavy-tailed norms become additive).
-* Concentration of the unit vector ``u_i = e_i / |e_i|``:
-  ``k_i = log(D * sum_d u_id^4) = log(D * sum_d e_id^4 / (sum_d e_id^2)^2)`` in ``[0, log D]``
-  (0 = energy spread evenly over all D coordinates, log D = one coordinate carries it all).
-* Information score ``score_i = z(a)_i + w_spread * z(k)_i`` with ``z(x) = (x - mean x)/std x``
-  over the N rows (0 when std = 0).
-
-Angles: PCA-3 map to S^2 (deterministic)
----------------------------------------
-* Sample rows ``j_m = floor((m + 1/2) N / M)``, ``m < M = min(N, pca_sample)`` (evenly spaced).
-* ``mu`` = mean of the sample's unit vectors; ``V`` (D x 3) = top-3 right singular vectors of
-  the centred sample (eigenvectors of its D x D scatter matrix), each column's sign fixed so its largest-|.| entry is positive; rank
-  deficiency is completed with the first canonical axes not yet spanned (Gram-Schmidt).
-* ``y_i = u_i V - mu V``; direction ``n_i = y_i / |y_i|`` (north pole ``(0,0,1)`` when
-  ``|y_i| <= 1e-12``); ``theta = arccos(n_z)`` in [0, pi], ``phi = atan2(n_y, n_x) mod 2 pi`` in
-  [0, 2 pi). Nearby unit vectors map to nearby directions, so semantic neighbours start as
-  angular neighbours.
-
-Radial start (rank based)
--------------------------
-Rank ``rho_i`` of ``score_i`` among the N rows, exact ties broken by a seeded uniform
-``v_i`` in [0, 1); ``shell_i = #{s : C_s <= rho_i}`` with cumulative targets
-``C_s = sum_{j<=s} n_j`` (the point of rank rho goes to the shell whose range holds it).
-
-* ``N <= exact_rank_limit``: exact ranks (one sort) -- the start is balanced by construction.
-* Larger N: bucketed ranks, no full sort. Robust level ``t_i = Phi((score_i - med) / s)``
-  (``med``, ``s`` = median and IQR / 1.349 of an evenly spaced sample of 65536 scores, std or 1
-  as fallbacks; Phi = standard normal CDF), bucket ``b_i = floor(K t_i)`` with
-  ``K = rank_bins``; with bucket counts ``H_b`` and ``E_b = sum_{b'<b} H_b'``:
-  ``rho_i = E_{b_i} + v_i H_{b_i}``. Ranks are exact between buckets and uniformly random
-  inside one, so every shell count is exact in expectation with a binomial error of at most
-  ``sqrt(H_b) / 2`` per boundary bucket; the dynamics remove that residue.
-
-Dynamics (``method="lateral"``: one jitted ``lax.while_loop``)
--------------------------------------------------------------
-State: shell, direction, grid cell, a "settled" flag, per-point promotion/demotion/lateral
-counts. Padding rows (to a bucketed static length) live in a dummy shell S and never move.
-Each pass draws fresh keys (``key, k_sel, k_dir, k_cap = split(key, 4)``):
-
-1. Occupancy ``m_s``, settled points ``q_s`` and the room left for movable (unsettled)
-   points ``t_s = max(n_s - q_s, 0)``, cumulative ``T_s = sum_{j<=s} t_j``.
-2. Scale-free prominence inside a shell: ``z_i = (a_i - mean_s a) / std_s a`` (0 when
-   std = 0), binned per shell into B bins over ``[-z_clip, z_clip]`` (clipped).
-3. Overflow cascade (water-filling): the movable points are ordered by (shell, z bin,
-   fresh uniform w_i) -- rank ``rho_i = E[s_i, b_i] + w_i H[s_i, b_i]`` with ``H`` the
-   (shell, bin) histogram and ``E`` its exclusive prefix sum in that order -- and the order
-   is cut by ``T``: ``goal_i = #{s : T_s <= rho_i}``. An over-full shell thereby overflows its
-   *most* prominent points outward (into the next shell, and further when that one is full
-   too), an under-full shell draws in the *least* prominent points of the shells above
-   (demotions). Exact in expectation; only boundary bins are split at random, so a pass
-   leaves at most a few points of noise per shell.
-4. Lateral search before promotion (``goal_i = s_i + 1``; a point the cascade carries
-   several shells outward is not a marginal overflow and moves directly). Per-shell angular density from the
-   cached SH basis: histogram of the shell's points on the equiangular grid (cells = nearest
-   node, ``sht.grid_cell``), divided by the cell areas (quadrature weights) -> ``analysis``
-   -> Gaussian low-pass ``g_l = exp(-(l / l_smooth)^2 / 2)`` -> ``synthesis`` -> relative
-   density ``rho_s = 4 pi f_s / max(m_s, 1)`` (1 = uniform). A candidate at direction n scores
-   ``n_dirs`` directions ``cos(delta) n + sin(delta)(cos a_k t1 + sin a_k t2)`` (t1, t2 a
-   tangent frame, ``a_k = 2 pi (k + w') / n_dirs``, w' fresh uniform); if the best one lowers
-   the density by ``(rho(n) - rho_best) / max(rho(n), 1e-3) >= lateral_threshold`` the point
-   moves there instead of leaving the shell and becomes *settled* (it keeps that shell for
-   good: it already relieved the crowding); otherwise it moves to ``goal_i``. Caps (in
-   expectation, by a fresh uniform per candidate): per shell and pass at most
-   ``lateral_share`` of the shell's promotion candidates move laterally, and settled points
-   never exceed ``lateral_share * n_s``; so every pass still promotes most of the outward
-   flow and the next pass re-ranks the rest (the excess left by lateral movers goes to the
-   next most prominent points). Candidates beyond a static buffer (``lateral_buffer``
-   slots) wait for the next pass; a pass without candidates skips the SH step.
-5. Stop when every shell satisfies the balance criterion or after ``max_passes``.
-
-``promotions`` / ``demotions`` count shell steps outward / inward per point, so
-``shell - start_shell = promotions - demotions``. The rank start leaves only bucket noise, so
-0-2 passes are typical; a warm start (``initial_shell``) far from balance converges in a few
-passes, because step 3 moves points across as many shells as needed at once. Reported:
-passes, promotions, demotions, lateral moves, converged, max |count - target| after every
-pass. With ``devices`` the per-point arrays are sharded over a 1-D mesh of local devices
-(XLA partitions the passes); float sums then run in another order, so individual z-bin edge
-decisions can differ from a one-device run (balance is the same rule).
-
-Quality: neighbourhood preservation
------------------------------------
-``neighbourhood_recall``: for Q query rows (evenly spaced), recall@k = the fraction of the k
-angular nearest neighbours on the sphere that are among the k cosine nearest neighbours in
-embedding space (tie-aware: cosine >= the k-th largest cosine), averaged (self excluded).
-
-Exports
--------
-``librarian_export`` (patch bytes -> r, theta, phi) and ``lvm_sequences`` (windows of
-``window`` consecutive patch embeddings of one article -> the next one) build plain tensors.
+The full specification (formulas, caps, padding, sharding) is in
+``sphere_assets/placements/README.md`` ("Water-filling: the specification"). The pieces:
+``shells.py`` (radii, targets, balance rule), ``features.py`` (validation, score, PCA-3 map),
+``density.py`` (SH density field); neighbourhood recall is in ``neighbours.py``, the
+Librarian / LVM exports in ``exports.py``.
 
 Bad input: NaN/inf embeddings or prominences, or negative prominences, raise ``ValueError``
 naming the offending rows (by key when keys are given).
@@ -126,15 +31,36 @@ from functools import lru_cache, partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import ndtr
 from threadpoolctl import threadpool_limits
 
 from sphere_assets.lib.sphere import sht
+from sphere_assets.lib.sphere.density import (
+    GridShape,
+    cell_index,
+    lowpass_taper,
+    shell_density,
+    unit_angles,
+)
+from sphere_assets.lib.sphere.features import (
+    LOG_FLOOR,
+    NORTH_POLE,
+    SphereMap,
+    angles_of,
+    check_prominence,
+    check_shapes,
+    embedding_features,
+    fit_sphere_map,
+    information_score,
+    score_level,
+)
+from sphere_assets.lib.sphere.shells import (
+    balance_report,
+    capacity_fractions,
+    largest_remainder,
+    shell_radii,
+    shell_tolerance,
+)
 
-LOG_FLOOR = 1e-30
-NORTH_POLE = np.array([0.0, 0.0, 1.0])
-FEATURE_CHUNK = 16384  # rows per feature chunk (a few MB: stays in cache between the sums)
-LEVEL_SAMPLE = 65536  # scores sampled for the robust centre/scale of the bucketed ranks
 TRACE_PASSES = 64  # per-pass max |count - target| is recorded for the first 64 passes
 
 
@@ -144,7 +70,7 @@ TRACE_PASSES = 64  # per-pass max |count - target| is recorded for the first 64 
 
 @dataclass(frozen=True)
 class WaterfillConfig:
-    """Every knob of the placement (all documented in the module docstring)."""
+    """Every knob of the placement (all documented in sphere_assets/placements/README.md)."""
 
     n_shells: int = 128
     r_min: float = 1.0
@@ -207,30 +133,7 @@ class Placement:
 
 
 # ---------------------------------------------------------------------------------------------
-# shells, capacities, targets, balance
-
-
-def shell_radii(n_shells: int, r_min: float, r_max: float) -> np.ndarray:
-    """r_s = r_min + (r_max - r_min) sqrt(s / max(S-1, 1))."""
-    t = np.arange(n_shells, dtype=np.float64) / max(n_shells - 1, 1)
-    return r_min + (r_max - r_min) * np.sqrt(t)
-
-
-def capacity_fractions(radii: np.ndarray, kappa: float) -> np.ndarray:
-    """c_s = r_s^kappa / sum_j r_j^kappa (sums to 1)."""
-    w = np.asarray(radii, dtype=np.float64) ** kappa
-    return w / w.sum()
-
-
-def largest_remainder(fractions: np.ndarray, n: int) -> np.ndarray:
-    """Integer targets summing to n: floors of n*c, then +1 by largest fractional part."""
-    quota = np.asarray(fractions, dtype=np.float64) * n
-    base = np.floor(quota).astype(np.int64)
-    short = int(n - base.sum())
-    if short:
-        order = np.argsort(-(quota - base), kind="stable")  # ties: lower shell first
-        base[order[:short]] += 1
-    return base
+# shell targets of a run
 
 
 def shell_targets(n: int, config: WaterfillConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -239,234 +142,8 @@ def shell_targets(n: int, config: WaterfillConfig) -> tuple[np.ndarray, np.ndarr
     return radii, largest_remainder(capacity_fractions(radii, config.kappa), n)
 
 
-def shell_tolerance(
-    targets: np.ndarray, tol_frac: float = 0.01, tol_min: float = 1.0
-) -> np.ndarray:
-    """Allowed |count - target| per shell: max(tol_min, tol_frac * target)."""
-    return np.maximum(tol_min, tol_frac * np.asarray(targets, dtype=np.float64))
-
-
-def balance_report(counts, targets, tol_frac: float = 0.01, tol_min: float = 1.0) -> dict:
-    """Balance figures of a placement (the asset check uses ``ok``)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    targets = np.asarray(targets, dtype=np.int64)
-    dev = np.abs(counts - targets)
-    tol = shell_tolerance(targets, tol_frac, tol_min)
-    bad = np.nonzero(dev > tol)[0]
-    return {
-        "ok": bool(bad.size == 0),
-        "max_abs_deviation": int(dev.max()) if dev.size else 0,
-        "mean_abs_deviation": float(dev.mean()) if dev.size else 0.0,
-        "max_relative_deviation": float((dev / np.maximum(targets, 1)).max()) if dev.size else 0.0,
-        "shells_out_of_tolerance": [int(s) for s in bad[:20]],
-        "n_shells_out_of_tolerance": int(bad.size),
-    }
-
-
-def shell_of_radius(r: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """Index of the nearest shell radius (midpoint boundaries)."""
-    mid = 0.5 * (radii[1:] + radii[:-1])
-    return np.searchsorted(mid, np.asarray(r, dtype=np.float64), side="right").astype(np.int32)
-
-
 # ---------------------------------------------------------------------------------------------
-# validation and features
-
-
-def _name_rows(rows: np.ndarray, row_keys: Sequence | None, limit: int = 10) -> str:
-    shown = [repr(row_keys[int(i)]) if row_keys is not None else str(int(i)) for i in rows[:limit]]
-    more = f" (+{rows.size - limit} more)" if rows.size > limit else ""
-    label = "rows (keys)" if row_keys is not None else "rows"
-    return f"{label} {', '.join(shown)}{more}"
-
-
-def check_shapes(embeddings: np.ndarray, prominence, row_keys) -> None:
-    if embeddings.ndim != 2:
-        raise ValueError(f"waterfill: embeddings must be 2-D [N, D], got shape {embeddings.shape}")
-    n = embeddings.shape[0]
-    if row_keys is not None and len(row_keys) != n:
-        raise ValueError(f"waterfill: {len(row_keys)} row keys for {n} embeddings")
-    if prominence is not None and np.shape(prominence) != (n,):
-        raise ValueError(f"waterfill: prominence shape {np.shape(prominence)} != ({n},)")
-
-
-def check_prominence(prominence, row_keys=None) -> None:
-    """Raise ValueError naming rows whose prominence is NaN, inf or negative."""
-    prom = np.asarray(prominence)
-    rows = np.nonzero(~np.isfinite(prom) | (prom < 0))[0]
-    if rows.size:
-        raise ValueError(
-            f"waterfill: {rows.size} prominence value(s) are NaN/inf/negative: "
-            f"{_name_rows(rows, row_keys)}"
-        )
-
-
-def validate_inputs(embeddings, prominence=None, row_keys=None) -> None:
-    """Raise ValueError naming rows whose embedding/prominence is not finite (or negative)."""
-    emb = np.asarray(embeddings)
-    check_shapes(emb, prominence, row_keys)
-    bad = [
-        np.nonzero(~np.isfinite(emb[i : i + FEATURE_CHUNK]).all(axis=1))[0] + i
-        for i in range(0, emb.shape[0], FEATURE_CHUNK)
-    ]
-    bad = np.concatenate(bad) if bad else np.zeros(0, np.int64)
-    if bad.size:
-        raise ValueError(
-            f"waterfill: {bad.size} embedding row(s) contain NaN/inf: {_name_rows(bad, row_keys)}"
-        )
-    if prominence is not None:
-        check_prominence(prominence, row_keys)
-
-
-def evenly_spaced(n: int, m: int) -> np.ndarray:
-    """min(m, n) row indices floor((j + 1/2) n / m): a deterministic systematic sample."""
-    m = min(m, n)
-    return ((np.arange(m, dtype=np.float64) + 0.5) * n / max(m, 1)).astype(np.int64)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm (float64); zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
-@dataclass(frozen=True)
-class SphereMap:
-    """PCA-3 map: n = normalize((u - mean) @ components)."""
-
-    mean: np.ndarray  # float64 [D]
-    components: np.ndarray  # float64 [D, 3], orthonormal columns (zero columns when D < 3)
-
-
-def _fix_signs(components: np.ndarray) -> np.ndarray:
-    idx = np.argmax(np.abs(components), axis=0)
-    signs = np.sign(components[idx, np.arange(components.shape[1])])
-    return components * np.where(signs == 0, 1.0, signs)
-
-
-def _complete_basis(cols: list[np.ndarray], dim: int, want: int) -> np.ndarray:
-    """Extend orthonormal columns with canonical axes (Gram-Schmidt) up to `want` columns."""
-    out = list(cols)
-    for axis in range(dim):
-        if len(out) >= want:
-            break
-        v = np.zeros(dim)
-        v[axis] = 1.0
-        for c in out:
-            v -= (c @ v) * c
-        n = np.linalg.norm(v)
-        if n > 1e-8:
-            out.append(v / n)
-    while len(out) < want:  # D < 3: the missing directions are identically zero
-        out.append(np.zeros(dim))
-    return np.stack(out, axis=1)
-
-
-def fit_sphere_map(embeddings: np.ndarray, sample_size: int = 16384) -> SphereMap:
-    """PCA-3 of unit vectors on an evenly spaced sample (see module docstring)."""
-    emb = np.asarray(embeddings)
-    n, dim = emb.shape
-    if n == 0:
-        return SphereMap(np.zeros(dim), _complete_basis([], dim, 3))
-    with np.errstate(invalid="ignore", over="ignore"):
-        u = unit_rows(emb[evenly_spaced(n, sample_size)])
-    u = u[np.isfinite(u).all(axis=1)]  # non-finite rows are rejected by the feature pass
-    if u.shape[0] == 0:
-        return SphereMap(np.zeros(dim), _complete_basis([], dim, 3))
-    mean = u.mean(axis=0)
-    centred = u - mean
-    cols: list[np.ndarray] = []
-    if centred.shape[0] > 1 and np.abs(centred).max() > 0:
-        # right singular vectors of the centred sample = eigenvectors of its D x D scatter
-        evals, evecs = np.linalg.eigh(centred.T @ centred)
-        order = np.argsort(-evals, kind="stable")
-        evals, evecs = evals[order], evecs[:, order]
-        keep = evals > max(evals[0] * 1e-12, 1e-24)
-        cols = [evecs[:, i] for i in range(min(3, int(keep.sum())))]
-    comps = _complete_basis(cols, dim, 3)
-    return SphereMap(mean=mean, components=_fix_signs(comps))
-
-
-def embedding_features(
-    embeddings: np.ndarray, sphere_map: SphereMap, row_keys: Sequence | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One chunked pass over the rows: (norm [N], concentration k [N], direction n [N, 3]).
-
-    Also the NaN/inf check: a row with a NaN/inf element has a non-finite sum of squares;
-    flagged rows are re-checked element-wise and either named in a ValueError or (finite rows
-    whose float32 squares overflow) recomputed in float64.
-    """
-    emb = np.asarray(embeddings)
-    n, dim = emb.shape
-    sq = np.empty(n, np.float64)
-    quad = np.empty(n, np.float64)
-    proj = np.empty((n, 3), np.float64)
-    comps32 = sphere_map.components.astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, n, FEATURE_CHUNK):
-            x = np.asarray(emb[start : start + FEATURE_CHUNK], dtype=np.float32)
-            sl = slice(start, start + x.shape[0])
-            sq[sl] = np.einsum("ij,ij->i", x, x)
-            x2 = x * x
-            quad[sl] = np.einsum("ij,ij->i", x2, x2)
-            proj[sl] = x @ comps32
-    flagged = np.nonzero(~(np.isfinite(sq) & np.isfinite(quad)))[0]
-    if flagged.size:
-        x64 = np.asarray(emb[flagged], dtype=np.float64)
-        nonfinite = ~np.isfinite(x64).all(axis=1)
-        if nonfinite.any():
-            raise ValueError(
-                f"waterfill: {int(nonfinite.sum())} embedding row(s) contain NaN/inf: "
-                f"{_name_rows(flagged[nonfinite], row_keys)}"
-            )
-        sq[flagged] = np.einsum("ij,ij->i", x64, x64)
-        quad[flagged] = np.einsum("ij,ij->i", x64**2, x64**2)
-        proj[flagged] = x64 @ sphere_map.components
-    norm = np.sqrt(sq)
-    pos = norm > 0
-    safe_sq = np.where(pos, sq, 1.0)
-    conc = np.log(np.maximum(np.where(pos, dim * quad / (safe_sq * safe_sq), 1.0), 1.0))
-    y = np.where(pos[:, None], proj / np.where(pos, norm, 1.0)[:, None], 0.0)
-    y -= sphere_map.mean @ sphere_map.components
-    yn = np.linalg.norm(y, axis=1, keepdims=True)
-    ok = yn > 1e-12
-    unit = np.where(ok, y / np.where(ok, yn, 1.0), NORTH_POLE)
-    return norm, conc, unit
-
-
-def zscore(x: np.ndarray) -> np.ndarray:
-    """(x - mean) / std over all rows; zeros when std == 0 or the array is empty."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return x
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
-
-
-def information_score(log_prominence: np.ndarray, concentration: np.ndarray, w_spread: float):
-    """score = z(log prominence) + w_spread * z(concentration)."""
-    return zscore(log_prominence) + w_spread * zscore(concentration)
-
-
-def score_level(score: np.ndarray) -> np.ndarray:
-    """t = Phi((score - median) / s) in [0, 1] with a robust scale from an evenly spaced sample."""
-    sample = score[evenly_spaced(score.size, LEVEL_SAMPLE)]
-    q25, med, q75 = np.percentile(sample, [25, 50, 75])
-    scale = (q75 - q25) / 1.349
-    if not scale > 0:
-        scale = sample.std()
-    if not scale > 0:
-        scale = 1.0
-    return ndtr((score - med) / scale)
-
-
-def angles_of(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """theta in [0, pi], phi in [0, 2 pi) of unit vectors (float64)."""
-    u = np.asarray(unit, dtype=np.float64)
-    theta = np.arccos(np.clip(u[:, 2], -1.0, 1.0))
-    phi = np.mod(np.arctan2(u[:, 1], u[:, 0]), 2 * np.pi)
-    return theta, np.where(phi >= 2 * np.pi, 0.0, phi)
+# features of a run
 
 
 @dataclass
@@ -517,14 +194,6 @@ def cached_basis(L: int) -> sht.ShBasis:
 
 
 @dataclass(frozen=True)
-class _GridShape:
-    """The static part of an ShBasis that ``sht.grid_cell`` needs (hashable jit argument)."""
-
-    n_theta: int
-    n_phi: int
-
-
-@dataclass(frozen=True)
 class _Static:
     n_pad: int
     n_shells: int
@@ -544,33 +213,9 @@ def _bucket(n: int) -> int:
     return -(-n // g) * g
 
 
-def _lowpass_taper(L: int, l_smooth: float) -> np.ndarray:
-    degree = np.floor(np.sqrt(np.arange(L * L))).astype(np.float64)
-    return np.exp(-0.5 * (degree / l_smooth) ** 2).astype(np.float32)
-
-
-def _cell_of(grid: _GridShape, unit):
+def _cell_of(grid: GridShape, unit):
     """Flat grid cell (it * n_phi + ip) of unit vectors (JAX)."""
-    theta = jnp.arccos(jnp.clip(unit[..., 2], -1.0, 1.0))
-    phi = jnp.mod(jnp.arctan2(unit[..., 1], unit[..., 0]), 2 * jnp.pi)
-    it, ip = sht.grid_cell(grid, theta, phi)
-    return (it * grid.n_phi + ip).astype(jnp.int32)
-
-
-def shell_density(plan, grid: _GridShape, shell, cell, weight, counts, taper, area, n_shells):
-    """Relative SH-smoothed angular density per shell [S, cells] (1 = uniform).
-
-    histogram on the grid / cell area -> analysis -> taper g_l -> synthesis -> * 4pi / m_s.
-    """
-    n_cells = grid.n_theta * grid.n_phi
-    hist = jax.ops.segment_sum(
-        weight, shell * n_cells + cell, num_segments=(n_shells + 1) * n_cells
-    )
-    hist = hist[: n_shells * n_cells].reshape(n_shells, grid.n_theta, grid.n_phi)
-    coeffs = sht.analysis(plan, hist / area[None, :, None]) * taper[None, :]
-    smooth = sht.synthesis(plan, coeffs).astype(jnp.float32)
-    rel = smooth * (4 * jnp.pi / jnp.maximum(counts, 1.0))[:, None, None]
-    return rel.reshape(n_shells, n_cells)
+    return cell_index(grid, *unit_angles(unit))
 
 
 def _rank_start(level, valid, tie, cum_targets, st: _Static):
@@ -610,7 +255,7 @@ def _lateral_step(
     slot_ok = idx < st.n_pad
     density = shell_density(
         dyn["plan"], grid, shell, s["cell"], dyn["valid_f"], counts, dyn["taper"], dyn["area"], S
-    ).reshape(-1)
+    ).reshape(-1)  # [S * cells]
     n_cells = grid.n_theta * grid.n_phi
     cu = jnp.take(s["unit"], idx, axis=0, mode="clip")
     cs = jnp.minimum(jnp.take(shell, idx, mode="clip"), S - 1)
@@ -648,7 +293,7 @@ def _lateral_step(
 def _waterfill_program(
     level, log_prom, unit, cell, valid, init_shell, use_initial, targets, tol, cum_targets, key,
     dyn,
-    *, grid: _GridShape, st: _Static,
+    *, grid: GridShape, st: _Static,
 ):  # fmt: skip
     S, B = st.n_shells, st.z_bins
     f32 = jnp.float32
@@ -831,6 +476,111 @@ def _point_shardings(devices, n_pad: int):
     return NamedSharding(mesh, PartitionSpec("points")), NamedSharding(mesh, PartitionSpec())
 
 
+def _checked_initial_shell(initial_shell, n: int, n_shells: int) -> np.ndarray | None:
+    """The warm-start shells as an array, or ValueError unless they are [N] ints in [0, S)."""
+    if initial_shell is None:
+        return None
+    initial_shell = np.asarray(initial_shell)
+    if initial_shell.shape != (n,) or initial_shell.min() < 0 or initial_shell.max() >= n_shells:
+        raise ValueError(f"waterfill: initial_shell must be [N] ints in [0, {n_shells})")
+    return initial_shell
+
+
+def _static_of(n: int, config: WaterfillConfig) -> _Static:
+    """The static (jit signature) shape of a run over n points."""
+    n_pad = _bucket(n)
+    buffer = config.lateral_buffer or max(min(n_pad, 4096), n_pad // 8)
+    return _Static(
+        n_pad=n_pad,
+        n_shells=config.n_shells,
+        exact_start=n <= config.exact_rank_limit,
+        rank_bins=config.rank_bins,
+        z_bins=config.z_bins,
+        z_clip=float(config.z_clip),
+        n_dirs=config.n_dirs,
+        buffer=int(min(buffer, n_pad)),
+    )
+
+
+def _padded(a, n: int, n_pad: int, fill, dtype) -> np.ndarray:
+    """Rows 0..n-1 of ``a`` followed by ``fill`` up to n_pad rows."""
+    out = np.full((n_pad,) + np.shape(a)[1:], fill, dtype=dtype)
+    out[:n] = a
+    return out
+
+
+def _program_args(prep: PreparedInputs, config, basis, initial_shell, targets, tol, st, device):
+    """(per-point arrays [n_pad, ...], shared arrays) of ``_waterfill_program``."""
+    n = prep.score.size
+    it, ip = sht.grid_cell(basis, prep.theta, prep.phi)
+    level = prep.score if st.exact_start else score_level(prep.score)
+    unit = _padded(prep.unit, n, st.n_pad, 0.0, np.float32)
+    unit[n:] = NORTH_POLE  # padding rows need a valid direction
+    dyn = dict(
+        plan=cached_plan(basis, device),
+        taper=lowpass_taper(basis.L, config.l_smooth),
+        area=np.asarray(basis.weights, dtype=np.float32),
+        max_passes=np.int32(config.max_passes),
+        lateral_step=np.float32(config.lateral_step),
+        lateral_threshold=np.float32(config.lateral_threshold),
+        lateral_share=np.float32(config.lateral_share),
+    )
+    warm = initial_shell if initial_shell is not None else np.zeros(n)
+    point_args = [
+        _padded(level, n, st.n_pad, 0.0, np.float32),
+        _padded(prep.log_prominence, n, st.n_pad, 0.0, np.float32),
+        unit,
+        _padded(it * basis.n_phi + ip, n, st.n_pad, 0, np.int32),
+        _padded(np.ones(n, bool), n, st.n_pad, False, bool),
+        _padded(warm, n, st.n_pad, 0, np.int32),
+    ]
+    shared_args = [
+        np.bool_(initial_shell is not None),
+        targets.astype(np.int32),
+        tol.astype(np.float32),
+        np.cumsum(targets).astype(np.float32),
+        jax.random.key(config.seed),
+        dyn,
+    ]
+    return point_args, shared_args
+
+
+def _run_program(point_args, shared_args, basis, st: _Static, devices):
+    """The jitted passes, points split over ``devices`` when several (everything else
+    replicated): (final state on the host, start shells [n_pad], devices used)."""
+    shardings = _point_shardings(devices, st.n_pad)
+    if shardings is not None:
+        point_args = [jax.device_put(a, shardings[0]) for a in point_args]
+        shared_args = jax.device_put(shared_args, shardings[1])
+    out, shell0 = _waterfill_program(
+        *point_args,
+        *shared_args,
+        grid=GridShape(basis.n_theta, basis.n_phi),
+        st=st,
+    )
+    used = 1 if shardings is None else len(devices)
+    return jax.device_get(out), np.asarray(jax.device_get(shell0)), used
+
+
+def _final_directions(prep: PreparedInputs, lat: np.ndarray, moved_unit):
+    """(unit [N, 3], theta [N], phi [N]) float64: the start direction, renormalised new
+    directions (and their angles) for the lateral movers (``lat`` > 0)."""
+    final_unit = prep.unit.copy()
+    theta, phi = prep.theta.copy(), prep.phi.copy()
+    moved = np.nonzero(lat)[0]
+    if moved.size:  # only lateral movers changed direction
+        u = np.asarray(moved_unit[moved], dtype=np.float64)
+        final_unit[moved] = u / np.linalg.norm(u, axis=1, keepdims=True)
+        theta[moved], phi[moved] = angles_of(final_unit[moved])
+    return final_unit, theta, phi
+
+
+def wrap_phi32(phi: np.ndarray) -> np.ndarray:
+    """phi as float32 in [0, 2 pi): values that round up to 2 pi become 0."""
+    phi32 = phi.astype(np.float32)
+    return np.where(phi32 >= np.float32(2 * np.pi), np.float32(0), phi32)
+
+
 def place_prepared(
     prep: PreparedInputs,
     config: WaterfillConfig,
@@ -847,108 +597,36 @@ def place_prepared(
     radii, targets = shell_targets(n, config)
     tol = shell_tolerance(targets, config.tol_frac, config.tol_min)
     basis = basis if basis is not None else cached_basis(config.band_limit)
-    if initial_shell is not None:
-        initial_shell = np.asarray(initial_shell)
-        if (
-            initial_shell.shape != (n,)
-            or initial_shell.min() < 0
-            or initial_shell.max() >= config.n_shells
-        ):
-            raise ValueError(f"waterfill: initial_shell must be [N] ints in [0, {config.n_shells})")
-
-    n_pad = _bucket(n)
-    buffer = config.lateral_buffer or max(min(n_pad, 4096), n_pad // 8)
-    st = _Static(
-        n_pad=n_pad,
-        n_shells=config.n_shells,
-        exact_start=n <= config.exact_rank_limit,
-        rank_bins=config.rank_bins,
-        z_bins=config.z_bins,
-        z_clip=float(config.z_clip),
-        n_dirs=config.n_dirs,
-        buffer=int(min(buffer, n_pad)),
-    )
-
-    def padded(a, fill, dtype):
-        out = np.full((n_pad,) + np.shape(a)[1:], fill, dtype=dtype)
-        out[:n] = a
-        return out
-
-    it, ip = sht.grid_cell(basis, prep.theta, prep.phi)
-    level = prep.score if st.exact_start else score_level(prep.score)
-    unit = padded(prep.unit, 0.0, np.float32)
-    unit[n:] = NORTH_POLE  # padding rows need a valid direction
-    dyn = dict(
-        plan=cached_plan(basis, device),
-        taper=_lowpass_taper(basis.L, config.l_smooth),
-        area=np.asarray(basis.weights, dtype=np.float32),
-        max_passes=np.int32(config.max_passes),
-        lateral_step=np.float32(config.lateral_step),
-        lateral_threshold=np.float32(config.lateral_threshold),
-        lateral_share=np.float32(config.lateral_share),
-    )
-    point_args = [
-        padded(level, 0.0, np.float32),
-        padded(prep.log_prominence, 0.0, np.float32),
-        unit,
-        padded(it * basis.n_phi + ip, 0, np.int32),
-        padded(np.ones(n, bool), False, bool),
-        padded(initial_shell if initial_shell is not None else np.zeros(n), 0, np.int32),
-    ]
-    shared_args = [
-        np.bool_(initial_shell is not None),
-        targets.astype(np.int32),
-        tol.astype(np.float32),
-        np.cumsum(targets).astype(np.float32),
-        jax.random.key(config.seed),
-        dyn,
-    ]
-    shardings = _point_shardings(devices, n_pad)
-    if shardings is not None:  # points split over the devices, everything else replicated
-        point_args = [jax.device_put(a, shardings[0]) for a in point_args]
-        shared_args = jax.device_put(shared_args, shardings[1])
+    initial_shell = _checked_initial_shell(initial_shell, n, config.n_shells)
+    st = _static_of(n, config)
+    args = _program_args(prep, config, basis, initial_shell, targets, tol, st, device)
     t1 = time.perf_counter()
-    out, shell0 = _waterfill_program(
-        *point_args,
-        *shared_args,
-        grid=_GridShape(basis.n_theta, basis.n_phi),
-        st=st,
-    )
-    out = jax.device_get(out)
-    shell0 = np.asarray(jax.device_get(shell0))[:n].astype(np.int32)
+    out, shell0, n_devices = _run_program(*args, basis, st, devices)
+    shell0 = shell0[:n].astype(np.int32)
     t_dynamics = time.perf_counter() - t1
 
     shell = np.asarray(out["shell"][:n], dtype=np.int32)
     lat = np.asarray(out["lat"][:n], np.int32)
-    start_kind = "exact_rank" if st.exact_start else "bucketed_rank"
-    if initial_shell is not None:
-        start_kind = "initial_shell"
-    final_unit = prep.unit.copy()
-    theta, phi = prep.theta.copy(), prep.phi.copy()
-    moved = np.nonzero(lat)[0]
-    if moved.size:  # only lateral movers changed direction
-        u = np.asarray(out["unit"][:n][moved], dtype=np.float64)
-        final_unit[moved] = u / np.linalg.norm(u, axis=1, keepdims=True)
-        theta[moved], phi[moved] = angles_of(final_unit[moved])
+    final_unit, theta, phi = _final_directions(prep, lat, out["unit"][:n])
     r = radii[shell]
     counts = np.bincount(shell, minlength=config.n_shells).astype(np.int64)
     passes = int(out["it"])
+    start_kind = "exact_rank" if st.exact_start else "bucketed_rank"
     start_counts = np.bincount(shell0, minlength=config.n_shells)
-    phi32 = phi.astype(np.float32)
     stats = {
         "method": "lateral",
         "n_points": n,
-        "n_padded": n_pad,
+        "n_padded": st.n_pad,
         "passes": passes,
         "promotions": int(out["prom"][:n].sum()),
         "demotions": int(out["dem"][:n].sum()),
         "lateral_moves": int(lat.sum()),
         "converged": bool(out["done"]),
-        "start": start_kind,
+        "start": start_kind if initial_shell is None else "initial_shell",
         "start_max_abs_deviation": int(np.abs(start_counts - targets).max()),
         "excess_trace": [float(v) for v in np.asarray(out["trace"])[: min(passes, TRACE_PASSES)]],
         "band_limit": basis.L,
-        "devices": 1 if shardings is None else len(devices),
+        "devices": n_devices,
         "seconds_features": t_features,
         "seconds_dynamics": t_dynamics,
         "seconds": time.perf_counter() - t0,
@@ -958,7 +636,7 @@ def place_prepared(
         shell=shell,
         r=r.astype(np.float32),
         theta=theta.astype(np.float32),
-        phi=np.where(phi32 >= np.float32(2 * np.pi), np.float32(0), phi32),
+        phi=wrap_phi32(phi),
         xyz=(r[:, None] * final_unit).astype(np.float32),
         unit=final_unit.astype(np.float32),
         start_unit=prep.unit.astype(np.float32),
@@ -972,156 +650,3 @@ def place_prepared(
         counts=counts,
         stats=stats,
     )
-
-
-def rank_fill(score: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Reference fill: stable argsort of the scores cut by cumulative targets (exactly balanced)."""
-    order = np.argsort(score, kind="stable")
-    shell = np.empty(len(score), np.int32)
-    shell[order] = np.searchsorted(np.cumsum(targets), np.arange(len(score)), side="right")
-    return shell
-
-
-# ---------------------------------------------------------------------------------------------
-# neighbourhood preservation
-
-
-def _topk_rows(sims: np.ndarray, k: int) -> np.ndarray:
-    k = min(k, sims.shape[1])
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return part
-
-
-def knn_indices(
-    queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, k: int, chunk: int = 16384
-) -> np.ndarray:
-    """Exact top-k by dot product of each query against all base rows (query row excluded)."""
-    q = np.asarray(queries, dtype=np.float32)
-    best_s = np.full((q.shape[0], 0), -np.inf, np.float32)
-    best_i = np.zeros((q.shape[0], 0), np.int64)
-    for start in range(0, base.shape[0], chunk):
-        b = np.asarray(base[start : start + chunk], dtype=np.float32)
-        s = q @ b.T
-        own = (query_rows[:, None] >= start) & (query_rows[:, None] < start + b.shape[0])
-        rows = np.nonzero(own[:, 0])[0]
-        s[rows, query_rows[rows] - start] = -np.inf
-        idx = _topk_rows(s, k)
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, idx, axis=1)], axis=1)
-        cand_i = np.concatenate([best_i, idx + start], axis=1)
-        keep = _topk_rows(cand_s, k)
-        best_s = np.take_along_axis(cand_s, keep, axis=1)
-        best_i = np.take_along_axis(cand_i, keep, axis=1)
-    return best_i
-
-
-def neighbourhood_recall(
-    embeddings: np.ndarray, unit: np.ndarray, k: int = 10, n_queries: int = 256
-) -> float:
-    """Mean recall@k of cosine kNN (embedding space) among angular kNN (sphere), Q queries.
-
-    Tie-aware: an angular neighbour is a hit when its cosine similarity to the query is at
-    least the k-th largest cosine similarity (so exact duplicates all count as neighbours).
-    """
-    emb = np.asarray(embeddings)
-    n = emb.shape[0]
-    if n <= 1:
-        return 1.0
-    k = min(k, n - 1)
-    rows = evenly_spaced(n, n_queries)
-    q = unit_rows(emb[rows])
-    # cosine kNN: unit rows (chunked normalisation keeps memory at one chunk)
-    e_nn = knn_indices(q, _UnitView(emb), rows, k)
-    s_nn = knn_indices(np.asarray(unit)[rows], np.asarray(unit), rows, k)
-    kth = np.einsum("qkd,qd->qk", unit_rows(emb[e_nn.reshape(-1)]).reshape(*e_nn.shape, -1), q)
-    kth = kth.min(axis=1)
-    got = np.einsum("qkd,qd->qk", unit_rows(emb[s_nn.reshape(-1)]).reshape(*s_nn.shape, -1), q)
-    hits = (got >= kth[:, None] - 1e-6).sum(axis=1)
-    return float(np.mean(hits) / k)
-
-
-class _UnitView:
-    """Row-normalised view of a matrix, normalised chunk by chunk on slicing."""
-
-    def __init__(self, x):
-        self.x = x
-        self.shape = x.shape
-
-    def __getitem__(self, sl):
-        return unit_rows(self.x[sl]).astype(np.float32)
-
-
-def random_unit(n: int, seed: int = 0) -> np.ndarray:
-    """Uniform random directions on S^2 (baseline for neighbourhood recall)."""
-    g = np.random.default_rng(seed).standard_normal((n, 3))
-    return g / np.linalg.norm(g, axis=1, keepdims=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# exports
-
-
-def librarian_export(patches: Sequence[bytes], r, theta, phi, max_len: int | None = None) -> dict:
-    """Patch bytes -> (r, theta, phi) training tensors (see :func:`librarian_export_flat`)."""
-    lengths = np.fromiter((len(p) for p in patches), dtype=np.int64, count=len(patches))
-    flat = np.frombuffer(b"".join(bytes(p) for p in patches), dtype=np.uint8)
-    return librarian_export_flat(flat, lengths, r, theta, phi, max_len)
-
-
-def librarian_export_flat(flat, lengths, r, theta, phi, max_len: int | None = None) -> dict:
-    """Patches given as one byte buffer + lengths (in row order) -> training tensors.
-
-    ``bytes`` uint8 [P, width] (zero padded; width = longest patch, capped at ``max_len``),
-    ``lengths`` int32 [P] (bytes kept), ``target`` float32 [P, 3] = (r, theta, phi).
-    """
-    flat = np.asarray(flat, dtype=np.uint8).reshape(-1)
-    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    n = lengths.size
-    r, theta, phi = (np.asarray(a, dtype=np.float32).reshape(-1) for a in (r, theta, phi))
-    if not (r.size == theta.size == phi.size == n):
-        raise ValueError(
-            f"librarian_export: {n} patches but r/theta/phi sizes {r.size}/{theta.size}/{phi.size}"
-        )
-    if int(lengths.sum()) != flat.size:
-        raise ValueError(f"librarian_export: lengths sum {lengths.sum()} != {flat.size} bytes")
-    width = int(lengths.max()) if n else 0
-    if max_len is not None:
-        width = min(width, int(max_len))
-    kept = np.minimum(lengths, width)
-    out = np.zeros((n, width), np.uint8)
-    if n and width:
-        starts = np.cumsum(lengths) - lengths
-        rows = np.repeat(np.arange(n), kept)
-        cols = np.arange(rows.size) - np.repeat(np.cumsum(kept) - kept, kept)
-        out[rows, cols] = flat[np.repeat(starts, kept) + cols]
-    target = np.stack([r, theta, phi], axis=1) if n else np.zeros((0, 3), np.float32)
-    return {"bytes": out, "lengths": kept.astype(np.int32), "target": target}
-
-
-def lvm_sequences(embeddings: np.ndarray, article_ids, patch_index, window: int = 5) -> dict:
-    """Windows of `window` consecutive patch embeddings of one article -> the next patch.
-
-    Rows are ordered by (article, patch_index); a window starting at row i is used when the
-    window + 1 rows belong to the same article with consecutive patch_index values.
-    Returns ``inputs`` float32 [M, window, D], ``target`` float32 [M, D], ``rows`` int64
-    [M, window + 1] (row numbers of the inputs and the target in the given table).
-    """
-    emb = np.asarray(embeddings, dtype=np.float32)
-    n, dim = emb.shape
-    pidx = np.asarray(patch_index, dtype=np.int64)
-    _, art = np.unique(np.asarray(article_ids), return_inverse=True)
-    order = np.lexsort((pidx, art))
-    a_sorted, p_sorted = art[order], pidx[order]
-    span = window + 1
-    if n < span:
-        return {
-            "inputs": np.zeros((0, window, dim), np.float32),
-            "target": np.zeros((0, dim), np.float32),
-            "rows": np.zeros((0, span), np.int64),
-        }
-    starts = np.arange(n - span + 1)
-    offs = np.arange(span)
-    same = (a_sorted[starts[:, None] + offs] == a_sorted[starts, None]).all(axis=1)
-    consecutive = (p_sorted[starts[:, None] + offs] == p_sorted[starts, None] + offs).all(axis=1)
-    ok = starts[same & consecutive]
-    rows = order[ok[:, None] + offs]
-    return {"inputs": emb[rows[:, :window]], "target": emb[rows[:, window]], "rows": rows}

@@ -1,6 +1,7 @@
-"""BLT-family byte-level entropy model: a small causal byte LM trained inside the pipeline.
+"""BLT-family byte-level entropy model: vocabulary, configuration and the causal byte LM.
 
-Pure torch/numpy (no Dagster). The model follows the Byte Latent Transformer's entropy model:
+Pure torch/numpy (no Dagster, no file I/O). The model follows the Byte Latent Transformer's
+entropy model:
 
 Vocabulary (260 ids, as in BLT's byte tokenizer)
     ``0`` BOE (reserved, unused here), ``1`` BOS, ``2`` EOS (reserved, unused here),
@@ -19,8 +20,8 @@ Architecture (pre-norm decoder, Llama style; weight names follow BLT's ``LMTrans
     ``t - window < s <= t`` (``window`` keys including itself), computed block-locally in
     O(T·window) (:func:`windowed_causal_attention`). With ``n_layers`` layers the receptive
     field of a position is ``n_layers·(window-1)`` earlier tokens (:func:`receptive_field`).
-    Chunked inference (:func:`iter_hidden_chunks`) carries each layer's keys and values of the
-    last ``window`` positions from one chunk into the next (:meth:`ByteEntropyModel.
+    Chunked inference (``entropy_inference.iter_hidden_chunks``) carries each layer's keys and
+    values of the last ``window`` positions from one chunk into the next (:meth:`ByteEntropyModel.
     trunk_continued`; or, on request, overlaps chunks by the receptive field), so it reproduces
     a full-sequence forward pass in O(chunk) memory.
     The tiny default (dim 64, 2 layers, 2 heads, window 32, SwiGLU hidden 192: 140k params)
@@ -29,24 +30,12 @@ Architecture (pre-norm decoder, Llama style; weight names follow BLT's ``LMTrans
     :meth:`ByteEntropyModel.forward` returns the logits AND the pre-norm hidden states ``h_L``
     (the input of the final norm), which ``patch_embeddings.py`` pools.
 
-Training (:func:`train_entropy_model`)
-    Next-byte cross-entropy on random windows of a deterministic byte sample
-    (:func:`sample_training_bytes`), AdamW (decoupled weight decay on matrices only), linear
-    warmup then cosine decay to ``min_lr_ratio·lr``, global grad-norm clipping, fixed seed,
-    ``torch.set_num_threads`` and deterministic algorithms inside the call (restored afterwards).
-    Same sample + config + thread count -> bit-identical weights.
-
-Metrics
-    held-out bits/byte ``= Σ_t -log2 p(x_{t+1} | x_{≤t}) / #bytes`` over byte targets only, with
-    every position given full receptive-field context; the unigram baseline is the held-out
-    cross-entropy (bits/byte) of the add-one-smoothed byte histogram of the training split (plus
-    the held-out set's own empirical unigram entropy for reference).
-
-Storage
-    safetensors with the float32 state dict and string metadata ``format``, ``config`` (JSON of
-    :class:`EntropyModelConfig`) and any metrics; :func:`load_entropy_model` rebuilds the exact
-    model from the file alone. Serialization is byte-deterministic (:func:`safetensors_bytes`
-    sorts header and metadata keys, which ``safetensors.save`` does not guarantee).
+Model file (:func:`model_file_tensors`, :func:`model_from_file_tensors`)
+    The float32 state dict plus string metadata ``format``, ``config`` (JSON of
+    :class:`EntropyModelConfig`) and any metrics; :func:`model_from_file_tensors` rebuilds the
+    exact model from those alone. This module only builds and reads the tensors and metadata;
+    the safetensors bytes are written and read by the storage layer
+    (``sphere_resources.store``: canonical, byte-deterministic serialization).
 
 BLT checkpoints
     Meta's released BLT entropy checkpoints (``consolidated.pth``) are pickles, which this
@@ -60,19 +49,11 @@ BLT checkpoints
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import json
 import math
-import os
-import struct
-import tempfile
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 
-import mmh3
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -527,539 +508,45 @@ def build_model(config: EntropyModelConfig, device: str | torch.device = "cpu") 
 
 
 # ---------------------------------------------------------------------------------------------
-# Runtime guards
+# Model file: tensors + metadata (serialized by the storage layer)
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def torch_runtime(num_threads: int | None, deterministic: bool = True) -> Iterator[None]:
-    """Set ``torch.set_num_threads`` and deterministic algorithms; restore both afterwards."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
-
-
-_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
-_M_MMAP_THRESHOLD = -3
-
-
-def keep_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = 1 << 25) -> bool:
-    """Process-wide glibc malloc setting: keep freed memory instead of returning it to the OS.
-
-    Each inference chunk allocates and frees activation buffers of several MB. With glibc's
-    defaults those are handed back (heap trimming, munmap) and page-faulted in again by the
-    next chunk: up to ~1,000 minor faults per 2048-token chunk, and on a VM such faults
-    made the tiny model's forward pass (reference and entropy path alike) ~20% slower and
-    their timings noisy. Equivalent to ``GLIBC_TUNABLES=glibc.malloc.trim_threshold=...:
-    glibc.malloc.mmap_threshold=...`` set at process start. Affects the whole process (it is
-    an opt-in for benchmarks and worker processes, never called implicitly); returns whether
-    it was applied (``False`` off glibc).
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-    )
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available, else cpu)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"torch device '{device}' requested but CUDA is not available")
-    return dev
-
-
-# ---------------------------------------------------------------------------------------------
-# Deterministic training sample
-# ---------------------------------------------------------------------------------------------
-
-
-def stable_hash(key: str, seed: int) -> int:
-    """Unsigned 64-bit mmh3 x64-128 (low half) of ``key``; never Python's salted ``hash``."""
-    return mmh3.hash64(key.encode("utf-8"), seed=seed & 0xFFFFFFFF, signed=False)[0]
-
-
-@dataclass(frozen=True)
-class TrainingSample:
-    """Token streams (``[BOS]+bytes`` per article, concatenated) and held-out segments."""
-
-    train_tokens: np.ndarray  # int64 [N]
-    heldout_segments: list[np.ndarray]  # each int64 [1 + n_bytes], starts with BOS
-    train_article_ids: list[str]
-    heldout_article_ids: list[str]
-
-    @property
-    def train_bytes(self) -> int:
-        return int((self.train_tokens >= OFFSET).sum())
-
-    @property
-    def heldout_bytes(self) -> int:
-        return int(sum(len(s) - 1 for s in self.heldout_segments))
-
-
-def sample_training_bytes(
-    articles: Iterable[tuple[str, bytes]], config: EntropyModelConfig
-) -> TrainingSample:
-    """Pick a deterministic, input-order-independent byte sample and split off held-out articles.
-
-    Selection: articles ordered by ``stable_hash(article_id, seed)``; keep the longest prefix of
-    that order whose total size fits ``sample_bytes`` (at least one article; an article larger
-    than the budget is truncated to it). A bounded max-heap keeps memory at ~``sample_bytes``
-    however many articles stream past.
-    Split: an article is held out when ``stable_hash(id, seed+1) / 2^64 < holdout_fraction``.
-    If that leaves either side empty (tiny corpora), the last ``holdout_fraction`` (at least 2
-    bytes) of the concatenated selection is held out instead, as one segment.
-    Held-out text is capped at ``max_eval_bytes`` (whole segments first, in hash order).
-    """
-    budget = config.sample_bytes
-    heap: list[tuple[int, str, bytes]] = []  # (-hash, id, data): max-heap on hash
-    total = 0
-    seen: set[str] = set()
-    for article_id, data in articles:
-        if article_id in seen:
-            raise ValueError(f"duplicate article_id '{article_id}' in the training corpus")
-        seen.add(article_id)
-        if not data:
-            continue
-        data = bytes(data[:budget])
-        heapq.heappush(heap, (-stable_hash(article_id, config.seed), article_id, data))
-        total += len(data)
-        while total > budget and len(heap) > 1:
-            _, _, dropped = heapq.heappop(heap)
-            total -= len(dropped)
-    if not heap:
-        raise ValueError("entropy-model training corpus has no non-empty article")
-    chosen = sorted(heap, key=lambda item: (-item[0], item[1]))
-    threshold = config.holdout_fraction * 2.0**64
-    train = [(i, d) for _, i, d in chosen if stable_hash(i, config.seed + 1) >= threshold]
-    held = [(i, d) for _, i, d in chosen if stable_hash(i, config.seed + 1) < threshold]
-    if not train or not held:
-        stream = b"".join(d for _, i, d in chosen)
-        cut = len(stream) - max(2, int(len(stream) * config.holdout_fraction))
-        if cut < 2:
-            raise ValueError(f"entropy-model corpus too small to split ({len(stream)} bytes)")
-        train_tokens = bytes_to_tokens(stream[:cut])
-        held_segments = [bytes_to_tokens(stream[cut:][: config.max_eval_bytes])]
-        ids = [i for _, i, _ in chosen]
-        return TrainingSample(train_tokens, held_segments, ids, ids[-1:])
-    held_segments, held_ids, used = [], [], 0
-    for article_id, data in held:
-        if used >= config.max_eval_bytes:
-            break
-        piece = data[: config.max_eval_bytes - used]
-        held_segments.append(bytes_to_tokens(piece))
-        held_ids.append(article_id)
-        used += len(piece)
-    train_tokens = np.concatenate([bytes_to_tokens(d) for _, d in train])
-    return TrainingSample(train_tokens, held_segments, [i for i, _ in train], held_ids)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, config: EntropyModelConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr_ratio·lr``."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    floor = config.min_lr_ratio
-    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-@dataclass
-class TrainingReport:
-    steps: int
-    train_seconds: float
-    final_train_loss: float
-    heldout_bits_per_byte: float
-    unigram_bits_per_byte: float
-    heldout_unigram_entropy_bits: float
-    train_bytes: int
-    heldout_bytes: int
-    num_parameters: int
-
-    def as_metadata(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
-def _batch_windows(
-    stream: torch.Tensor, seq_len: int, batch: int, gen: torch.Generator
-) -> torch.Tensor:
-    """``batch`` random windows of ``seq_len + 1`` tokens (streams shorter than that: tiled)."""
-    need = seq_len + 1
-    if stream.numel() < need:
-        reps = math.ceil(need / stream.numel())
-        stream = stream.repeat(reps)
-    starts = torch.randint(0, stream.numel() - need + 1, (batch,), generator=gen)
-    idx = starts[:, None] + torch.arange(need)[None, :]
-    return stream[idx]
-
-
-def train_entropy_model(
-    sample: TrainingSample,
-    config: EntropyModelConfig,
-    device: str | torch.device = "cpu",
-    log_every: int = 0,
-    log=print,
-) -> tuple[ByteEntropyModel, TrainingReport]:
-    """Train a fresh model on ``sample.train_tokens``; report held-out bits/byte vs unigram."""
-    device = torch.device(device)
-    with torch_runtime(config.num_threads):
-        model = build_model(config, device)
-        model.train()
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            eps=1e-8,
-            foreach=False,
-        )
-        gen = torch.Generator().manual_seed(config.seed)
-        stream = torch.from_numpy(sample.train_tokens)
-        loss_value = float("nan")
-        t0 = time.perf_counter()
-        for step in range(config.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            windows = _batch_windows(stream, config.seq_len, config.batch_size, gen).to(device)
-            logits, _ = model(windows[:, :-1])
-            loss = F.cross_entropy(
-                logits.reshape(-1, config.vocab_size), windows[:, 1:].reshape(-1)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=False)
-            optimizer.step()
-            loss_value = float(loss.detach())
-            if log_every and (step % log_every == 0 or step == config.steps - 1):
-                log(f"step {step:5d}  loss {loss_value:.4f}  lr {lr_at(step, config):.2e}")
-        train_seconds = time.perf_counter() - t0
-        model.eval()
-        bpb = heldout_bits_per_byte(model, sample.heldout_segments)
-    unigram, held_entropy = unigram_baseline_bits(sample.train_tokens, sample.heldout_segments)
-    report = TrainingReport(
-        steps=config.steps,
-        train_seconds=train_seconds,
-        final_train_loss=loss_value,
-        heldout_bits_per_byte=bpb,
-        unigram_bits_per_byte=unigram,
-        heldout_unigram_entropy_bits=held_entropy,
-        train_bytes=sample.train_bytes,
-        heldout_bytes=sample.heldout_bytes,
-        num_parameters=model.num_parameters(),
-    )
-    return model, report
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-def default_chunk_size(config: EntropyModelConfig) -> int:
-    """Inference chunk: ≥2048 tokens and ≥4× the receptive field (so an overlapping context,
-    :func:`iter_hidden_chunks` with ``context``, costs ≤25%) while activations stay cache-sized
-    (2560 is ~15% slower per token than 1536-2112 for the tiny model); a whole number of
-    attention windows."""
-    size = max(2048, 4 * receptive_field(config))
-    return -(-size // config.window) * config.window
-
-
-def default_context(config: EntropyModelConfig) -> int:
-    """Overlap of inference chunks: the receptive field rounded up to whole attention windows
-    (windows of full blocks need no padding copy in :func:`windowed_causal_attention`)."""
-    rf = receptive_field(config)
-    return -(-rf // config.window) * config.window
-
-
-HEAD_BLOCK = 512  # rows per head/entropy block: logits stay in L2 cache instead of RAM
-
-
-def iter_hidden_chunks(
-    model: ByteEntropyModel,
-    tokens: np.ndarray,
-    chunk_size: int | None = None,
-    context: int | None = None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Run the trunk over ``tokens`` chunk by chunk; memory O(chunk_size), not O(T).
-
-    Yields ``(start, hidden [n, D])`` (pre-norm hidden states) for positions
-    ``start .. start+n`` in order, every position with exactly the context a full-sequence pass
-    gives it. By default the chunks do not overlap: each layer's keys and values of the last
-    ``window`` positions carry over into the next chunk (:meth:`ByteEntropyModel.
-    trunk_continued`), so nothing is recomputed. With ``context`` given, each chunk is instead
-    run from ``context`` tokens before its first kept position (:func:`default_context`, the
-    receptive field rounded up to whole windows, gives full context for ~3% recomputed tokens;
-    0 gives none at chunk starts).
-    """
-    config = model.config
-    chunk = chunk_size or default_chunk_size(config)
-    if chunk < 1 or (context is not None and context < 0):
-        raise ValueError(f"chunk_size must be >= 1 and context >= 0, got {chunk}, {context}")
-    device = next(model.parameters()).device
-    total = len(tokens)
-    if context is None:
-        carry = None
-        for start in range(0, total, chunk):
-            window = np.ascontiguousarray(tokens[start : start + chunk], dtype=np.int64)
-            # inference mode only around the forward: a suspended generator must not leave it on
-            with torch.inference_mode():
-                hidden, carry = model.trunk_continued(
-                    torch.from_numpy(window).to(device)[None], carry, start + chunk < total
-                )
-            yield start, hidden[0]
-        return
-    ctx = context
-    for start in range(0, total, chunk):
-        lo = max(0, start - ctx)
-        stop = min(total, start + chunk)
-        window = torch.from_numpy(np.ascontiguousarray(tokens[lo:stop], dtype=np.int64))
-        # inference mode only around the forward: a suspended generator must not leave it on
-        with torch.inference_mode():
-            hidden = model.trunk(window.to(device)[None])
-        yield start, hidden[0, start - lo :]
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats over the last axis, ``H = -(softmax · log_softmax).sum``.
-
-    Computed as ``H = Σ_i p_i (m - z_i) - log p_max`` with ``p = softmax(z)``, ``m = max z``:
-    since ``log p_i = z_i - logsumexp(z)`` and ``logsumexp(z) = m - log p_max``. One fused
-    softmax pass (torch's vectorized kernel) instead of a separate exp/log-softmax tensor.
-    """
-    probs = torch.softmax(logits, dim=-1)
-    gap = logits.amax(dim=-1, keepdim=True) - logits  # >= 0
-    return torch.linalg.vecdot(probs, gap) - probs.amax(dim=-1).log()
-
-
-def entropies_from_hidden(
-    model: ByteEntropyModel, hidden: torch.Tensor, block: int = HEAD_BLOCK
-) -> torch.Tensor:
-    """Head + entropy on ``hidden [n, D]`` in row blocks; float32 ``[n]`` nats.
-
-    On CPU each block's logits are computed vocab-major, ``W_out · RMSNorm(h)ᵀ`` (``[V, rows]``,
-    the head's products in one matmul), and reduced by the compiled kernel
-    :func:`~sphere_assets.lib.text.entropy_kernel.entropy_of_columns` (two vectorized passes,
-    nothing but the entropies written; ~2x faster than :func:`entropy_from_logits`). Other
-    devices use :func:`entropy_from_logits` on the row-major head output.
-    """
-    if hidden.device.type != "cpu":
-        return entropies_from_hidden_torch(model, hidden, block)
-    # imported on first use: numba costs ~0.3 s to import, which only entropy work should pay
-    from sphere_assets.lib.text.entropy_kernel import entropy_of_columns
-
-    out = np.empty(hidden.shape[0], dtype=np.float32)
-    with torch.inference_mode():
-        normed = model.norm(hidden)
-        weight = model.output.weight
-        for s in range(0, hidden.shape[0], block):
-            logits_t = torch.mm(weight, normed[s : s + block].T).float()  # [V, rows], contiguous
-            entropy_of_columns(logits_t.numpy(), out[s : s + block])
-    return torch.from_numpy(out)
-
-
-def entropies_from_hidden_torch(
-    model: ByteEntropyModel, hidden: torch.Tensor, block: int = HEAD_BLOCK
-) -> torch.Tensor:
-    """:func:`entropies_from_hidden` in plain torch (any device): head + softmax entropy."""
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    with torch.inference_mode():
-        for s in range(0, hidden.shape[0], block):
-            out[s : s + block] = entropy_from_logits(model.head(hidden[s : s + block]).float())
-    return out
-
-
-def nll_from_hidden(
-    model: ByteEntropyModel, hidden: torch.Tensor, targets: torch.Tensor, block: int = HEAD_BLOCK
-) -> torch.Tensor:
-    """``-log p(target_t | ≤t)`` in nats for each row of ``hidden [n, D]``; float32 ``[n]``."""
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    with torch.inference_mode():
-        for s in range(0, hidden.shape[0], block):
-            logits = model.head(hidden[s : s + block]).float()
-            out[s : s + block] = F.cross_entropy(logits, targets[s : s + block], reduction="none")
-    return out
-
-
-def heldout_bits_per_byte(model: ByteEntropyModel, segments: list[np.ndarray]) -> float:
-    """Σ -log2 p(next byte) / #bytes over held-out segments (each ``[BOS] + bytes``)."""
-    total_nats, count = 0.0, 0
-    device = next(model.parameters()).device
-    for tokens in segments:
-        if len(tokens) < 2:
-            continue
-        targets = torch.from_numpy(np.ascontiguousarray(tokens[1:], dtype=np.int64)).to(device)
-        for start, hidden in iter_hidden_chunks(model, tokens[:-1]):
-            tgt = targets[start : start + hidden.shape[0]]
-            nll = nll_from_hidden(model, hidden, tgt)
-            byte_mask = tgt >= OFFSET
-            total_nats += float(nll[byte_mask].double().sum())
-            count += int(byte_mask.sum())
-    if count == 0:
-        raise ValueError("no held-out bytes to evaluate the entropy model on")
-    return total_nats / count / math.log(2)
-
-
-def unigram_baseline_bits(
-    train_tokens: np.ndarray, heldout_segments: list[np.ndarray]
-) -> tuple[float, float]:
-    """(held-out cross-entropy of the add-one byte unigram of the training split,
-    held-out empirical unigram entropy), both in bits/byte."""
-    train_bytes = train_tokens[train_tokens >= OFFSET] - OFFSET
-    counts = np.bincount(train_bytes, minlength=256).astype(np.float64) + 1.0
-    logp = np.log2(counts / counts.sum())
-    held = np.concatenate([s[s >= OFFSET] - OFFSET for s in heldout_segments])
-    if held.size == 0:
-        raise ValueError("no held-out bytes for the unigram baseline")
-    cross = float(-logp[held].mean())
-    hc = np.bincount(held, minlength=256).astype(np.float64)
-    p = hc[hc > 0] / hc.sum()
-    return cross, float(-(p * np.log2(p)).sum())
-
-
-# ---------------------------------------------------------------------------------------------
-# Save / load (byte-deterministic safetensors)
-# ---------------------------------------------------------------------------------------------
-
-_ST_DTYPES = {
-    np.dtype("float32"): "F32",
-    np.dtype("float64"): "F64",
-    np.dtype("float16"): "F16",
-    np.dtype("int64"): "I64",
-    np.dtype("int32"): "I32",
-    np.dtype("int16"): "I16",
-    np.dtype("int8"): "I8",
-    np.dtype("uint8"): "U8",
-    np.dtype("uint16"): "U16",
-    np.dtype("uint32"): "U32",
-    np.dtype("uint64"): "U64",
-    np.dtype("bool"): "BOOL",
-}
-
-
-def safetensors_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    """Serialize numpy arrays in the safetensors format with sorted header/metadata keys.
-
-    Layout: little-endian u64 header length, JSON header padded with spaces to a multiple of
-    8 bytes, then the raw little-endian tensor data in header order. ``safetensors.save`` emits
-    metadata in hash-map order, which breaks byte-identical re-materialization.
-    """
-    header: dict[str, object] = {}
-    if metadata:
-        bad = [k for k, v in metadata.items() if not isinstance(v, str)]
-        if bad:
-            raise TypeError(f"safetensors metadata values must be str: {bad}")
-        header["__metadata__"] = dict(sorted(metadata.items()))
-    blobs, offset = [], 0
-    for name in sorted(arrays):
-        arr = np.asarray(arrays[name])
-        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-        if np.dtype(dtype) not in _ST_DTYPES:
-            raise TypeError(f"tensor '{name}': unsupported dtype {arr.dtype}")
-        blob = np.ascontiguousarray(arr, dtype=dtype).tobytes()
-        header[name] = {
-            "dtype": _ST_DTYPES[np.dtype(dtype)],
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + len(blob)],
-        }
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def model_state_arrays(model: ByteEntropyModel) -> dict[str, np.ndarray]:
+    """The state dict as float32 numpy arrays on the CPU, keyed by BLT parameter name."""
     return {
         name: t.detach().to("cpu", torch.float32).contiguous().numpy()
         for name, t in model.state_dict().items()
     }
 
 
-def entropy_model_bytes(
+def model_file_tensors(
     model: ByteEntropyModel, extra_metadata: Mapping[str, str] | None = None
-) -> bytes:
-    """safetensors payload: float32 weights + ``format`` + ``config`` JSON (+ extra strings)."""
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(float32 weights, string metadata ``format`` + ``config`` JSON + extra strings) of the
+    model file; ``format`` and ``config`` are reserved keys."""
     metadata = {"format": MODEL_FORMAT, "config": model.config.to_json()}
     for key, value in (extra_metadata or {}).items():
         if key in metadata:
             raise ValueError(f"metadata key '{key}' is reserved")
         metadata[key] = str(value)
-    return safetensors_bytes(model_state_arrays(model), metadata)
+    return model_state_arrays(model), metadata
 
 
-def save_entropy_model(
-    model: ByteEntropyModel,
-    path: str | os.PathLike,
-    extra_metadata: Mapping[str, str] | None = None,
-) -> None:
-    atomic_write_bytes(path, entropy_model_bytes(model, extra_metadata))
-
-
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
-    return dict(header.get("__metadata__", {}))
-
-
-def load_entropy_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+def model_from_file_tensors(
+    arrays: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str],
+    device: str | torch.device = "cpu",
 ) -> tuple[ByteEntropyModel, dict[str, str]]:
-    """Rebuild the exact model (config from the file's metadata) and return it with metadata."""
-    from safetensors.numpy import load_file
-
-    metadata = read_safetensors_metadata(path)
+    """Rebuild the exact model (config from the metadata, weights strict by name) in eval mode
+    on ``device``; returns it with the metadata."""
     if metadata.get("format") != MODEL_FORMAT:
         raise ValueError(
-            f"{path}: format '{metadata.get('format')}' is not an entropy model ({MODEL_FORMAT})"
+            f"format '{metadata.get('format')}' is not an entropy model ({MODEL_FORMAT})"
         )
     config = EntropyModelConfig.from_json(metadata["config"])
     model = ByteEntropyModel(config)
-    arrays = load_file(str(path))
-    state = {name: torch.from_numpy(arr.copy()) for name, arr in arrays.items()}
+    state = {name: torch.from_numpy(np.array(arr, copy=True)) for name, arr in arrays.items()}
     model.load_state_dict(state, strict=True)
     model.eval()
-    return model.to(device), metadata
+    return model.to(device), dict(metadata)

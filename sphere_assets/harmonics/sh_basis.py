@@ -13,19 +13,22 @@ import time
 import dagster as dg
 import numpy as np
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.partitions import band_limit_partitions
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.harmonics import io, report
 from sphere_assets.harmonics.contract import SH_BASIS
-from sphere_assets.lib.sphere import sht
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+sht = lazy_module("sphere_assets.lib.sphere.sht")
 
 GRAM_TOLERANCE = 1e-12
 ROUND_TRIP_SIGNALS = 4
 
 
-def round_trip_error(basis: sht.ShBasis, device) -> tuple[float, float]:
+def round_trip_error(basis: "sht.ShBasis", device) -> tuple[float, float]:
     """(relative error, seconds) of analysis(synthesis(c)) for fixed random c on ``device``."""
     plan = sht.sht_plan(basis, device=device)
     rng = np.random.default_rng(basis.L)

@@ -16,17 +16,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.ingest.contract import RAW_ARTICLES
 from sphere_assets.ingest.raw_articles import raw_articles
-from sphere_assets.lib.text import model_workers as mw
-from sphere_assets.lib.text import patcher as pt
 from sphere_assets.patching import io, report
 from sphere_assets.patching.contract import BLT_PATCHES
 from sphere_assets.patching.entropy_model import entropy_model
 from sphere_resources.contracts import ContractError
 from sphere_resources.warehouse import Warehouse, WarehouseResource
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+mw = lazy_module("sphere_assets.lib.text.model_workers")
+pt = lazy_module("sphere_assets.lib.text.patcher")
 
 MEAN_SIZE_TOLERANCE = 0.10
 
@@ -51,7 +54,7 @@ class BltPatchesConfig(dg.Config):
         return self.max_patch_length or None
 
 
-def calibrate(config: BltPatchesConfig, segments: list[np.ndarray]) -> pt.Calibration:
+def calibrate(config: BltPatchesConfig, segments: list[np.ndarray]) -> "pt.Calibration":
     """θ for ``config`` on the held-out entropy ``segments``: the fixed ``threshold`` (with the
     mean patch size it gives) or the bisection to ``target_mean_patch_bytes``."""
     if config.threshold is not None:
@@ -77,9 +80,9 @@ def patch_shard(
     store: Warehouse,
     key: str,
     model,
-    calibration: pt.Calibration,
+    calibration: "pt.Calibration",
     config: BltPatchesConfig,
-    run: mw.ArticleRun,
+    run: "mw.ArticleRun",
 ) -> dict:
     """Patch every article of raw_articles/shard=key into blt_patches/shard=key; the shard's
     statistics (articles, bytes, patches, lengths, seconds, a preview of its first rows)."""

@@ -14,15 +14,18 @@ from dataclasses import fields
 import dagster as dg
 from pydantic import Field
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.ingest.raw_articles import raw_articles
-from sphere_assets.lib.text import entropy_model as em
-from sphere_assets.lib.text import entropy_training as et
-from sphere_assets.lib.text import patcher as pt
-from sphere_assets.lib.text.torch_runtime import resolve_device, torch_runtime
 from sphere_assets.patching import io, report
 from sphere_assets.patching.contract import ENTROPY_MODEL
 from sphere_resources.warehouse import WarehouseResource
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+em = lazy_module("sphere_assets.lib.text.entropy_model")
+et = lazy_module("sphere_assets.lib.text.entropy_training")
+pt = lazy_module("sphere_assets.lib.text.patcher")
+rt = lazy_module("sphere_assets.lib.text.torch_runtime")
 
 
 class EntropyModelAssetConfig(dg.Config):
@@ -45,7 +48,7 @@ class EntropyModelAssetConfig(dg.Config):
     num_threads: int | None = Field(None, description="torch threads (0 = torch's default)")
     device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N | auto")
 
-    def to_model_config(self) -> em.EntropyModelConfig:
+    def to_model_config(self) -> "em.EntropyModelConfig":
         """The preset with every override that is set (the fields shared by name)."""
         presets = {"tiny": em.EntropyModelConfig.tiny, "base": em.EntropyModelConfig.base}
         if self.preset not in presets:
@@ -76,7 +79,7 @@ def entropy_model(
 ) -> dg.MaterializeResult:
     store = warehouse.store()
     cfg = config.to_model_config()
-    device = resolve_device(config.device)
+    device = rt.resolve_device(config.device)
     t0 = time.perf_counter()
     sample = et.sample_training_bytes(io.iter_corpus(store), cfg)
     context.log.info(
@@ -87,7 +90,7 @@ def entropy_model(
     model, training = et.train_entropy_model(
         sample, cfg, device, log_every=max(1, cfg.steps // 10), log=context.log.info
     )
-    with torch_runtime(cfg.num_threads):
+    with rt.torch_runtime(cfg.num_threads):
         heldout = [pt.token_entropies(model, seg) for seg in sample.heldout_segments]
     # the training wall time stays out of the file: re-materializing writes the same bytes
     metrics = {k: repr(v) for k, v in training.as_metadata().items() if k != "train_seconds"}

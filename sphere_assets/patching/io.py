@@ -22,10 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.ingest.contract import RAW_ARTICLES
-from sphere_assets.lib.text import entropy_model as em
-from sphere_assets.lib.text import patcher as pt
-from sphere_assets.lib.text.torch_runtime import resolve_device
 from sphere_assets.patching.contract import (
     BLT_PATCHES,
     BLT_PATCHES_SCHEMA,
@@ -37,6 +35,11 @@ from sphere_assets.patching.contract import (
 from sphere_resources.contracts import ContractError
 from sphere_resources.store import canonical_safetensors, read_safetensors
 from sphere_resources.warehouse import Warehouse
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+em = lazy_module("sphere_assets.lib.text.entropy_model")
+pt = lazy_module("sphere_assets.lib.text.patcher")
+rt = lazy_module("sphere_assets.lib.text.torch_runtime")
 
 MODEL_FILE = "model.safetensors"
 HELDOUT_STEM = "heldout"
@@ -148,7 +151,7 @@ def load_model(store: Warehouse, device: str = "cpu"):
     data = path.read_bytes()
     try:
         arrays, metadata = read_safetensors(path)
-        model, metadata = em.model_from_file_tensors(arrays, metadata, resolve_device(device))
+        model, metadata = em.model_from_file_tensors(arrays, metadata, rt.resolve_device(device))
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ContractError(ENTROPY_MODEL.name, None, MODEL_FILE, f"{path}: {exc}") from exc
     return model, metadata, hashlib.sha256(data).hexdigest()

@@ -13,17 +13,20 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.core.pools import HEAVY_POOL
-from sphere_assets.lib.text import model_workers as mw
-from sphere_assets.lib.text import patch_embeddings as pe
-from sphere_assets.lib.text.torch_runtime import resolve_device
 from sphere_assets.patching import io, report
 from sphere_assets.patching.blt_patches import blt_patches
 from sphere_assets.patching.contract import BLT_PATCHES, PATCH_EMBEDDINGS
 from sphere_assets.patching.entropy_model import entropy_model
 from sphere_resources.contracts import ContractError
 from sphere_resources.warehouse import Warehouse, WarehouseResource
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+mw = lazy_module("sphere_assets.lib.text.model_workers")
+pe = lazy_module("sphere_assets.lib.text.patch_embeddings")
+rt = lazy_module("sphere_assets.lib.text.torch_runtime")
 
 
 class PatchEmbeddingsConfig(dg.Config):
@@ -58,7 +61,7 @@ def embed_shard(
     model_sha: str,
     config: PatchEmbeddingsConfig,
     minilm,
-    run: mw.ArticleRun,
+    run: "mw.ArticleRun",
 ) -> dict:
     """Pool every patch of blt_patches/shard=key and write patch_embeddings/shard=key; the
     shard's summary (patches, articles, bytes, prominence, embed_dim)."""
@@ -159,7 +162,7 @@ def patch_embeddings(
     threads = model.config.num_threads if config.num_threads is None else config.num_threads
     minilm = None
     if config.embedder == "minilm":
-        minilm = pe.MiniLMEmbedder(device=str(resolve_device(config.device)))
+        minilm = pe.MiniLMEmbedder(device=str(rt.resolve_device(config.device)))
     elif config.embedder != "entropy_model":
         raise ValueError(
             f"patch_embeddings embedder must be entropy_model or minilm, got '{config.embedder}'"

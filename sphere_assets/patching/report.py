@@ -8,9 +8,12 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import figure_markdown, new_figure, preview_markdown, row_metadata
-from sphere_assets.lib.text import patcher as pt
 from sphere_assets.patching.contract import BLT_PATCHES, ENTROPY_MODEL, PATCH_EMBEDDINGS
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+pt = lazy_module("sphere_assets.lib.text.patcher")
 
 
 def json_md(obj) -> dg.MetadataValue:

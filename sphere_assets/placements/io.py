@@ -17,14 +17,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.harmonics.io import load_sh_basis
-from sphere_assets.lib.sphere import sht
-from sphere_assets.lib.sphere import waterfill as wf
 from sphere_assets.patching.contract import PATCH_EMBEDDINGS
 from sphere_assets.patching.io import BLT_V3_STEM, EMBEDDINGS_STEM
 from sphere_assets.placements.contract import SHELL_PLACEMENTS, SHELL_PLACEMENTS_SCHEMA
 from sphere_resources.contracts import ContractError
 from sphere_resources.warehouse import Warehouse
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+sht = lazy_module("sphere_assets.lib.sphere.sht")
+wf = lazy_module("sphere_assets.lib.sphere.waterfill")
 
 COORD_STEM = "coordinates"
 LIBRARIAN_STEM = "librarian"

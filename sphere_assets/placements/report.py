@@ -6,17 +6,20 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import (
     figure_markdown,
     new_figure,
     preview_markdown,
     row_metadata,
 )
-from sphere_assets.lib.sphere import waterfill as wf
 from sphere_assets.lib.sphere.features import evenly_spaced
 from sphere_assets.lib.sphere.neighbours import neighbourhood_recall, random_unit
 from sphere_assets.lib.sphere.shells import balance_report
 from sphere_assets.placements.contract import SHELL_PLACEMENTS
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+wf = lazy_module("sphere_assets.lib.sphere.waterfill")
 
 RECALL_K = 10
 

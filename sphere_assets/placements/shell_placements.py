@@ -17,6 +17,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.partitions import (
     BAND_LIMITS,
     partitions_in_scope,
@@ -25,15 +26,17 @@ from sphere_assets.core.partitions import (
 )
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.harmonics.sh_basis import sh_basis
-from sphere_assets.lib.sphere import exports
-from sphere_assets.lib.sphere import thrml_langevin as tl
-from sphere_assets.lib.sphere import waterfill as wf
 from sphere_assets.lib.sphere.shells import balance_report
 from sphere_assets.patching.patch_embeddings import patch_embeddings
 from sphere_assets.placements import io, report
 from sphere_assets.placements.contract import SHELL_PLACEMENTS
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
+
+# torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
+exports = lazy_module("sphere_assets.lib.sphere.exports")
+tl = lazy_module("sphere_assets.lib.sphere.thrml_langevin")
+wf = lazy_module("sphere_assets.lib.sphere.waterfill")
 
 BAND_LIMIT = os.environ.get("SPHERE_SH_BAND_LIMIT", "32")
 if BAND_LIMIT not in BAND_LIMITS:
@@ -55,7 +58,7 @@ class WaterfillSettings(dg.Config):
     max_passes: int = Field(32, description="water-filling passes at most")
     seed: int = Field(0, description="PRNG seed (same inputs + seed = byte-identical output)")
 
-    def build(self, band_limit: int) -> wf.WaterfillConfig:
+    def build(self, band_limit: int) -> "wf.WaterfillConfig":
         return wf.WaterfillConfig(band_limit=band_limit, **self.model_dump())
 
 
@@ -67,7 +70,7 @@ class LangevinSettings(dg.Config):
     step_size: float = Field(0.05, description="step size eta")
     knn_k: int = Field(10, description="kNN attraction partners per point")
 
-    def build(self, waterfill: wf.WaterfillConfig) -> tl.LangevinConfig:
+    def build(self, waterfill: "wf.WaterfillConfig") -> "tl.LangevinConfig":
         """The Langevin run on top of ``waterfill`` (whose seed it shares)."""
         return tl.LangevinConfig(seed=waterfill.seed, waterfill=waterfill, **self.model_dump())
 
@@ -87,9 +90,9 @@ class ShellPlacementsConfig(dg.Config):
 
 
 def place_rows(
-    src: dict, key: str, config: ShellPlacementsConfig, wcfg: wf.WaterfillConfig, basis, device,
+    src: dict, key: str, config: ShellPlacementsConfig, wcfg: "wf.WaterfillConfig", basis, device,
     devices,
-) -> wf.Placement:  # fmt: skip
+) -> "wf.Placement":  # fmt: skip
     """The placement of one shard's rows by ``config.method``."""
     keys = io.RowKeys(src["article_id"], src["patch_index"])
     if config.method == "lateral":
@@ -109,7 +112,7 @@ def place_rows(
 
 def place_shard(
     store: Warehouse, key: str, config: ShellPlacementsConfig, basis, device, devices=None
-) -> tuple[dict, wf.Placement]:
+) -> "tuple[dict, wf.Placement]":
     """Place one shard, write the partition atomically; returns (summary, placement)."""
     src = io.load_shard_embeddings(store, key)
     wcfg = config.waterfill.build(basis.L)

@@ -48,4 +48,4 @@ bench: setup
 	for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf data/warehouse data/sphere.duckdb data/dagster_home
+	rm -rf data/warehouse data/sphere.duckdb data/dagster_home data/.warehouse.staging

@@ -3,6 +3,8 @@
 sphere materialize-all            every asset, every partition, in dependency order
 sphere sql "select ..."           run SQL against the DuckDB catalog (data/sphere.duckdb)
 sphere plan                       print the stages materialize-all would run
+sphere dead-runs                  mark runs whose process is gone failed, free their pool slots
+sphere hll compare A B            |A∖B|, |B∖A|, |A∩B|, Jaccard, τ, ρ of two HLLSets (± s.e.)
 """
 
 import argparse
@@ -63,6 +65,7 @@ def materialize_all(partition_filter: set[str] | None = None) -> int:
     from sphere_assets.definitions import defs
 
     instance = dg.DagsterInstance.get()
+    report_dead_runs(instance)  # a killed earlier run would hold the heavy pool forever
     job = defs.resolve_implicit_global_asset_job_def()
     stages = plan_stages(defs)
     started = time.perf_counter()
@@ -78,7 +81,7 @@ def materialize_all(partition_filter: set[str] | None = None) -> int:
             print(f"--> {label}", flush=True)
             t0 = time.perf_counter()
             result = job.get_subset(asset_selection=set(keys)).execute_in_process(
-                instance=instance, partition_key=pk, raise_on_error=False
+                instance=instance, partition_key=pk, raise_on_error=False, tags=run_tags()
             )
             if not result.success:
                 print(
@@ -91,6 +94,22 @@ def materialize_all(partition_filter: set[str] | None = None) -> int:
         f"materialized {sum(len(k) for _, k in stages)} assets in {time.perf_counter() - started:.1f}s"
     )
     return 0
+
+
+def run_tags() -> dict[str, str]:
+    from sphere_assets.refresh.dead_runs import run_tags
+
+    return run_tags()
+
+
+def report_dead_runs(instance) -> int:
+    """Reap runs whose process is gone (sphere_assets/refresh/dead_runs.py) and say so."""
+    from sphere_assets.refresh.dead_runs import reap_dead_runs
+
+    dead = reap_dead_runs(instance)
+    for d in dead:
+        print(f"dead run: {d.message()}", flush=True)
+    return len(dead)
 
 
 def run_sql(query: str, catalog: str) -> int:
@@ -124,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated partition keys to limit partitioned stages to",
     )
     sub.add_parser("plan", help="print the materialization stages")
+    sub.add_parser(
+        "dead-runs", help="mark runs whose process is gone failed and free their pool slots"
+    )
     p_sql = sub.add_parser("sql", help="query the DuckDB catalog")
     p_sql.add_argument("query")
     p_sql.add_argument("--catalog", default=os.environ.get("SPHERE_CATALOG", "data/sphere.duckdb"))
@@ -133,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         add_restore_parser = None
     if add_restore_parser is not None:
         add_restore_parser(sub)
+    from sphere_assets.ngrams.hll_compare_cli import add_hll_parser
+
+    add_hll_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "materialize-all":
         wanted = {p for p in args.partitions.split(",") if p} or None
@@ -143,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         for i, (pdef, keys) in enumerate(plan_stages(defs), start=1):
             parts = pdef.get_partition_keys() if pdef is not None else ["(unpartitioned)"]
             print(f"stage {i}: {[k.to_user_string() for k in keys]} partitions {parts}")
+        return 0
+    if args.cmd == "dead-runs":
+        ensure_dagster_home()
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            if not report_dead_runs(instance):
+                print("no dead runs")
         return 0
     if args.cmd == "sql":
         return run_sql(args.query, args.catalog)

@@ -21,12 +21,15 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".py")
 @dataclass(frozen=True)
 class SourceRecord:
     locator: str  # where the record sits in its source (stable): used to shard id-less rejects
-    article_id: str | None
-    title: str | None
-    text: str | bytes | None
+    # What the source said, unchecked: a non-string value (a list id, ``"url": 5``) is passed on
+    # as it is, so that normalization counts it as a reject instead of the writer crashing on it.
+    article_id: object
+    title: object
+    text: object
     source: str
-    url: str | None = None
+    url: object = None
     problem: str | None = None  # a reject reason the reader already knows (e.g. invalid_json)
+    line: int | None = None  # 1-based line of a jsonl record, for reject samples
 
 
 def bundled_records() -> Iterator[SourceRecord]:
@@ -87,32 +90,90 @@ def _text_file_record(path: str, rel: str) -> SourceRecord:
     return SourceRecord(locator=rel, article_id=rel, title=title, text=data, source=path)
 
 
-def _mapping_record(obj: dict, fields: FieldNames, locator: str, source: str) -> SourceRecord:
+def _mapping_record(
+    obj: dict, fields: FieldNames, locator: str, source: str, line: int | None = None
+) -> SourceRecord:
     raw_id = obj.get(fields.id_field)
+    # integer ids (common in jsonl/parquet dumps) are their decimal text; any other non-string
+    # id goes on unchanged and is rejected as invalid_field
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        raw_id = str(raw_id)
     return SourceRecord(
         locator=locator,
-        article_id=None if raw_id is None else str(raw_id),
+        article_id=raw_id,
         title=obj.get(fields.title_field),
         text=obj.get(fields.text_field),
         source=source,
         url=obj.get(fields.url_field),
+        line=line,
     )
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def jsonl_lines(fh) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of the records of a binary jsonl stream.
+
+    JSON Lines separates records by ``\n`` (a ``\r\n`` ending is whitespace to JSON). Only
+    ``\n`` splits: a raw U+2028 or U+0085 inside a JSON string is data, not a line break. A
+    bare ``\r`` (classic Mac line ends, or a file edited with mixed ends) is JSON whitespace, so
+    a line holding one valid value around it stays one record; a line that only parses once cut
+    at its bare ``\r``s is that many records, each counted. Line numbers count every line end
+    (``\n``, ``\r\n`` and a bare ``\r``), as an editor shows them.
+    """
+    lineno = 0
+    for raw in fh:
+        body = raw.rstrip(b"\n")
+        if body.endswith(b"\r"):
+            body = body[:-1]
+        if b"\r" not in body or _is_json(body):
+            lineno += 1
+            yield lineno, body
+            lineno += body.count(b"\r")
+            continue
+        for piece in body.split(b"\r"):
+            lineno += 1
+            yield lineno, piece
+
+
+def _parse_jsonl_record(data: bytes, first: bool) -> tuple[dict | None, str | None]:
+    """(object, None) or (None, reject reason) for one jsonl record's bytes."""
+    try:
+        # strict UTF-8 (json.loads on bytes would let encoded surrogates through); a BOM is
+        # allowed at the start of the file only
+        text = data.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError and ints longer than Python's digit limit;
+        # RecursionError a value nested too deep to parse
+        return None, "invalid_json"
+    if not isinstance(obj, dict):
+        return None, "invalid_json"
+    return obj, None
 
 
 def _jsonl_records(path: str, rel: str, fields: FieldNames) -> Iterator[SourceRecord]:
     with open(path, "rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in jsonl_lines(fh):
             if not line.strip():
                 continue
             locator = f"{rel}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                obj = None
-            if not isinstance(obj, dict):
-                yield SourceRecord(locator, None, None, None, str(path), problem="invalid_json")
+            obj, problem = _parse_jsonl_record(line, first=lineno == 1)
+            if problem is not None:
+                yield SourceRecord(
+                    locator, None, None, None, str(path), problem=problem, line=lineno
+                )
                 continue
-            yield _mapping_record(obj, fields, locator, str(path))
+            yield _mapping_record(obj, fields, locator, str(path), lineno)
 
 
 def _parquet_records(path: str, rel: str, fields: FieldNames) -> Iterator[SourceRecord]:

@@ -64,7 +64,12 @@ SUPPORTED_TYPES = (*SCALAR_TYPES, *VARLENA_TYPES, *ARRAY_TYPES)
 
 
 class CopyEncodeError(ValueError):
-    """A column cannot be encoded as the target Postgres type (names the column)."""
+    """A column cannot be encoded as the target Postgres type (names the column; ``row`` is the
+    row in the encoded batch when one row is to blame)."""
+
+    def __init__(self, message: str, row: int | None = None):
+        super().__init__(message)
+        self.row = row
 
 
 def _as_array(column) -> pa.Array:
@@ -160,9 +165,24 @@ def _varlena(name: str, typname: str, column) -> tuple[np.ndarray, np.ndarray, n
     )
     starts = offsets[:-1]
     lengths = np.diff(offsets)
+    if typname != "bytea":
+        _reject_nul(name, data[offsets[0] : offsets[-1]], offsets)
     if arr.null_count:
         lengths = np.where(arr.is_null().to_numpy(zero_copy_only=False), -1, lengths)
     return data, starts, lengths
+
+
+def _reject_nul(name: str, data: np.ndarray, offsets: np.ndarray) -> None:
+    """PostgreSQL ``text`` cannot hold U+0000: name the first row holding one, instead of the
+    server failing the whole COPY with 'invalid byte sequence for encoding "UTF8": 0x00'."""
+    nul = np.flatnonzero(data == 0)
+    if len(nul):
+        row = int(np.searchsorted(offsets, offsets[0] + nul[0], side="right")) - 1
+        raise CopyEncodeError(
+            f"column '{name}': row {row} of the batch contains NUL (U+0000), which PostgreSQL "
+            "text cannot store (raw_articles rejects such articles as contains_nul)",
+            row=row,
+        )
 
 
 def encode_rows(typnames: Sequence[str], columns: Sequence, names: Sequence[str] | None = None):

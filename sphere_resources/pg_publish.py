@@ -51,7 +51,8 @@ from psycopg import sql
 
 import sphere_resources
 from sphere_resources.contracts import CONTRACTS, PARQUET_PART_NAME, contract_for, validate_schema
-from sphere_resources.pg_copy import COPY_HEADER, COPY_TRAILER, encode_rows
+from sphere_resources.pg_copy import COPY_HEADER, COPY_TRAILER, CopyEncodeError, encode_rows
+from sphere_resources.store import Warehouse
 
 SCHEMA = "sphere"
 MIGRATIONS_DIR = Path(sphere_resources.__file__).resolve().parent / "migrations"
@@ -241,8 +242,9 @@ def source_path(warehouse_root: Path, asset: str, shard: str) -> Path | None:
     contract = contract_for(asset)  # an unregistered asset is an error, not an absent partition
     if contract.schema is None or contract.partition_dim is None:
         return None
-    path = Path(warehouse_root) / asset / f"{contract.partition_dim}={shard}" / PARQUET_PART_NAME
-    return path if path.exists() else None
+    if not Warehouse(warehouse_root).exists(asset, shard):  # waits out a swap in progress
+        return None
+    return Path(warehouse_root) / asset / f"{contract.partition_dim}={shard}" / PARQUET_PART_NAME
 
 
 def source_row_count(warehouse_root: Path, asset: str, shard: str) -> int | None:
@@ -394,8 +396,15 @@ def _copy_table(cur, warehouse, spec: CatalogTable, shard: str, schema: str, rep
     rows = sent = 0
     with cur.copy(stmt) as copy:
         copy.write(COPY_HEADER)
-        for typnames, arrays, _start in _batches(warehouse, spec, shard, columns, report):
-            data = encode_rows(typnames, arrays, names)
+        for typnames, arrays, start in _batches(warehouse, spec, shard, columns, report):
+            try:
+                data = encode_rows(typnames, arrays, names)
+            except CopyEncodeError as exc:
+                if exc.row is None:
+                    raise
+                row = start + exc.row
+                label = _row_label(warehouse, spec, shard, row)
+                raise CopyEncodeError(f"{exc}; source {label}", row=row) from None
             copy.write(data)
             rows += len(arrays[0])
             sent += len(data)

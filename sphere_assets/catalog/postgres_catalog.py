@@ -17,13 +17,15 @@ from sphere_assets.catalog.contract import POSTGRES_CATALOG_NAME
 from sphere_assets.catalog.io import published_vs_source_counts
 from sphere_assets.core.partitions import shard_partitions
 from sphere_resources import pg_publish
-from sphere_resources.postgres import PostgresResource
+from sphere_resources.postgres import PostgresResource, PostgresUnavailable, is_transient
 from sphere_resources.warehouse import WarehouseResource
 
 POSTGRES_URL_ENV = "SPHERE_POSTGRES_URL"
 
-# Connection failures (server restarting, network blip) are retried with backoff: 2 s, 4 s, 8 s
-# (± jitter). Data errors (a bad row, a contract mismatch) fail at once: a retry cannot fix them.
+# Transient failures (a timeout, a server starting up or out of connection slots, a connection
+# lost mid-publish) are retried with backoff: 2 s, 4 s, 8 s (± jitter). Permanent ones fail at
+# once (dg.Failure(allow_retries=False)): nothing listening at the address, an unknown host,
+# database or role, a failed login, a bad row, a contract mismatch — a retry cannot fix them.
 RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
@@ -74,23 +76,33 @@ def build_postgres_catalog(
         store = warehouse.store()
         started = time.perf_counter()
         reports: list[pg_publish.ShardReport] = []
-        # PostgresUnavailable (down, wrong database or credentials) propagates: it names the
-        # host/database without the password, and the retry policy applies.
-        with postgres.connection() as conn:
-            applied = pg_publish.apply_migrations(conn)
-            if applied:
-                context.log.info(f"applied migrations {applied} to {target}")
-            for shard in context.partition_keys:
-                try:
-                    rep = pg_publish.publish_shard(conn, store, shard, tables)
-                except pg_publish.PublishError as exc:
-                    if isinstance(exc.__cause__, psycopg.OperationalError):
-                        raise  # the connection broke mid-publish: worth a retry
-                    raise dg.Failure(description=str(exc), allow_retries=False) from exc
-                reports.append(rep)
-                for t in rep.tables.values():
-                    if not t.published:
-                        context.log.info(f"shard {shard}: {t.table} left empty: {t.note}")
+        try:
+            with postgres.connection() as conn:
+                applied = pg_publish.apply_migrations(conn)
+                if applied:
+                    context.log.info(f"applied migrations {applied} to {target}")
+                for shard in context.partition_keys:
+                    try:
+                        rep = pg_publish.publish_shard(conn, store, shard, tables)
+                    except pg_publish.PublishError as exc:
+                        if exc.__cause__ is not None and is_transient(exc.__cause__):
+                            raise  # e.g. the connection broke mid-publish: worth a retry
+                        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+                    reports.append(rep)
+                    for t in rep.tables.values():
+                        if not t.published:
+                            context.log.info(f"shard {shard}: {t.table} left empty: {t.note}")
+        except PostgresUnavailable as exc:  # names user@host:port/db, never the password
+            if exc.transient:
+                raise
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        except psycopg.Error as exc:  # migrations, or the session lost between statements
+            if is_transient(exc):
+                raise
+            raise dg.Failure(
+                description=f"Postgres at {target} refused the publish (not retried): {exc}",
+                allow_retries=False,
+            ) from exc
         elapsed = time.perf_counter() - started
         rows = report.rows_per_table(reports)
         context.log.info(

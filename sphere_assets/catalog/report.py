@@ -16,12 +16,33 @@ def catalog_table_schema() -> dg.TableSchema:
     )
 
 
+def partition_warnings(result: dict) -> list[str]:
+    """One line per view that does not cover its asset whole (see build_catalog)."""
+    lines = []
+    for asset, keys in sorted(result.get("missing_partitions", {}).items()):
+        lines.append(
+            f"view {asset} lacks partition(s) {', '.join(keys)}: not materialized, its rows are "
+            "absent from every query"
+        )
+    for asset, keys in sorted(result.get("extra_partitions", {}).items()):
+        lines.append(
+            f"view {asset} includes partition(s) {', '.join(keys)} that its partitions "
+            "definition does not have (left over from another SPHERE_SHARDS?)"
+        )
+    return lines
+
+
 def duckdb_metadata(path: str, result: dict, counts: dict[str, int]) -> dict:
-    """Metadata of one duckdb_catalog build: views, assets without files, rows per view."""
+    """Metadata of one duckdb_catalog build: views, assets without files, partitions a view
+    lacks or should not have (warnings), rows per view."""
+    warnings = partition_warnings(result)
     return {
         "path": dg.MetadataValue.path(path),
         "views": ", ".join(result["views"]),
         "missing": ", ".join(result["missing"]) or "-",
+        "warnings": dg.MetadataValue.md("\n".join(f"* {w}" for w in warnings) or "-"),
+        "missing_partitions": dg.MetadataValue.json(result.get("missing_partitions", {})),
+        "extra_partitions": dg.MetadataValue.json(result.get("extra_partitions", {})),
         "dagster/row_count": len(result["views"]),
         **{f"rows/{v}": n for v, n in counts.items()},
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 import pyarrow as pa
@@ -76,3 +77,20 @@ def new_figure(width: float = 6.0, height: float = 3.0):
     import matplotlib.pyplot as plt
 
     return plt.subplots(figsize=(width, height))
+
+
+def partition_results(
+    context: dg.AssetExecutionContext,
+    metadata_by_partition: Mapping[str, dict],
+    check_results: Sequence[dg.AssetCheckResult] = (),
+) -> dg.MaterializeResult:
+    """The result of a shard asset's run: every partition's materialization carries its OWN
+    metadata (row count, path, statistics, accounting), whether the run held one partition or a
+    range (``BackfillPolicy.single_run``), through ``context.add_asset_metadata(...,
+    partition_key=...)``. Only the list of the run's partitions is shared by all of them."""
+    for key, metadata in metadata_by_partition.items():
+        context.add_asset_metadata(metadata, partition_key=key)
+    return dg.MaterializeResult(
+        metadata={"partitions_in_run": ",".join(metadata_by_partition)},
+        check_results=list(check_results),
+    )

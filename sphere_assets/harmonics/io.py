@@ -76,5 +76,5 @@ def tensor_file_matches_row(store: Warehouse, key: str) -> bool:
     """Whether the bytes of the tensor file named in the summary row hash to its sha256."""
     row = store.read_table(SH_BASIS.name, key, columns=["tensor_file", "tensor_sha256"])
     row = row.to_pylist()[0]
-    data = (store.partition_dir(SH_BASIS.name, key) / row["tensor_file"]).read_bytes()
+    data = store.read_file(SH_BASIS.name, key, row["tensor_file"])
     return hashlib.sha256(data).hexdigest() == row["tensor_sha256"]

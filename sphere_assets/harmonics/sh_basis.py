@@ -14,6 +14,7 @@ import dagster as dg
 import numpy as np
 
 from sphere_assets.core.lazy import lazy_module
+from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import band_limit_partitions
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.harmonics import io, report
@@ -93,11 +94,14 @@ def sh_basis(
             f"sh_basis L={st['L']}: built in {st['build_seconds']:.3f}s, gram error "
             f"{st['max_gram_error']:.1e}, round trip {st['round_trip_rel_error']:.1e} on {device}"
         )
-    path = warehouse.partition_dir(SH_BASIS.name, keys[0])
-    return dg.MaterializeResult(
-        metadata=report.materialization_metadata(
-            stats, jax.metadata(), path if len(keys) == 1 else path.parent
-        )
+    return partition_results(
+        context,
+        {
+            key: report.materialization_metadata(
+                st, jax.metadata(), warehouse.partition_dir(SH_BASIS.name, key)
+            )
+            for key, st in zip(keys, stats, strict=True)
+        },
     )
 
 

@@ -41,6 +41,14 @@ class IngestResult:
     source_bytes_seen: int
     previews: dict[int, pa.Table]
 
+    def for_shard(self, shard: int) -> IngestResult:
+        """This result restricted to one shard's accounting and preview; the source scan
+        (``records_seen``, ``source_bytes_seen``) is the run's, shared by its shards."""
+        previews = {shard: self.previews[shard]} if shard in self.previews else {}
+        return IngestResult(
+            {shard: self.stats[shard]}, self.records_seen, self.source_bytes_seen, previews
+        )
+
 
 def write_shards(
     records: Iterable[SourceRecord],

@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import shard_partitions
 from sphere_assets.ingest import report
 from sphere_assets.ingest.contract import RAW_ARTICLES
@@ -24,7 +25,9 @@ from sphere_resources.warehouse import WarehouseResource
     description=(
         "Articles (id, title, text, source, n_bytes, url) from the corpus source, one Parquet file per "
         "shard; shard = mmh3 x64 of article_id mod SPHERE_SHARDS. Duplicates by id and bad records "
-        "(empty, invalid UTF-8, oversize, missing id/text) are counted as rejects, never written."
+        "(empty, invalid UTF-8/JSON, oversize, missing id/text, a non-string text or field, NUL) "
+        "are counted as rejects by reason, with where the first of each came from "
+        "(reject_samples), never written."
     ),
 )
 def raw_articles(
@@ -45,11 +48,23 @@ def raw_articles(
     )
     elapsed = time.perf_counter() - start
     context.log.info(report.log_line(keys, result, elapsed))
-    path = str(warehouse.partition_dir(RAW_ARTICLES.name, keys[0]).parent)
-    return dg.MaterializeResult(
-        metadata=report.materialization_metadata(
-            result, corpus.describe(), keys, n_shards, elapsed, path
-        )
+    for sample in report.reject_samples(result.stats):
+        count = sum(st.rejects[sample.reason] for st in result.stats.values())
+        context.log.warning(f"{count} rejected as {sample.describe()} (first of them)")
+    # each partition records its own accounting: articles_in = rows_out + rejects per shard
+    return partition_results(
+        context,
+        {
+            key: report.materialization_metadata(
+                result.for_shard(int(key)),
+                corpus.describe(),
+                keys,
+                n_shards,
+                elapsed,
+                str(warehouse.partition_dir(RAW_ARTICLES.name, key)),
+            )
+            for key in keys
+        },
     )
 
 

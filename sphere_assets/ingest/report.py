@@ -10,7 +10,7 @@ import pyarrow as pa
 from sphere_assets.core.metadata import preview_markdown, row_metadata
 from sphere_assets.ingest.contract import RAW_ARTICLES
 from sphere_assets.ingest.io import IngestResult, rows_to_table
-from sphere_assets.lib.text.corpus import REJECT_REASONS, ShardStats
+from sphere_assets.lib.text.corpus import REJECT_REASONS, RejectSample, ShardStats
 
 PREVIEW_COLUMNS = ["article_id", "title", "n_bytes", "text"]
 
@@ -21,6 +21,29 @@ def rejects_by_reason(stats: dict[int, ShardStats]) -> Counter:
     for s in stats.values():
         rejects.update(s.rejects)
     return rejects
+
+
+def reject_samples(stats: dict[int, ShardStats]) -> list[RejectSample]:
+    """The first reject of every reason (in shard order), sorted by reason."""
+    samples: dict[str, RejectSample] = {}
+    for _, st in sorted(stats.items()):
+        for reason, sample in st.samples.items():
+            samples.setdefault(reason, sample)
+    return [samples[r] for r in sorted(samples)]
+
+
+def samples_json(samples: list[RejectSample]) -> dict:
+    """{reason: {source, line, locator, id, field}} for the metadata (JSON in the UI)."""
+    return {
+        s.reason: {
+            "source": s.source,
+            "line": s.line,
+            "locator": s.locator,
+            "id": s.article_id,
+            "field": s.field,
+        }
+        for s in samples
+    }
 
 
 def per_shard_markdown(stats: dict[int, ShardStats]) -> dg.MetadataValue:
@@ -60,7 +83,8 @@ def materialization_metadata(
     elapsed: float,
     path: str,
 ) -> dict:
-    """Metadata of one raw_articles run over the partitions ``keys``."""
+    """Metadata of one raw_articles partition (``result`` restricted to its shard) of a run over
+    the partitions ``keys``; records_scanned, seconds and MB_per_s describe the run's source scan."""
     stats = result.stats
     rows_out = sum(s.rows_out for s in stats.values())
     rejects = rejects_by_reason(stats)
@@ -73,6 +97,8 @@ def materialization_metadata(
         "rows_out": rows_out,
         "rejects_total": sum(rejects.values()),
         **{f"rejects/{reason}": rejects.get(reason, 0) for reason in REJECT_REASONS},
+        # where to find one reject of each reason: file, line (jsonl), id, field
+        "reject_samples": dg.MetadataValue.json(samples_json(reject_samples(stats))),
         "bytes_out": sum(s.bytes_out for s in stats.values()),
         "records_scanned": result.records_seen,
         "seconds": round(elapsed, 3),

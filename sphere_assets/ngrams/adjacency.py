@@ -10,7 +10,7 @@ import time
 
 import dagster as dg
 
-from sphere_assets.core.metadata import row_metadata
+from sphere_assets.core.metadata import partition_results, row_metadata
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.lib.sketch import adjacency as adj
 from sphere_assets.lib.sketch import context_model as cm
@@ -51,24 +51,24 @@ def adjacency(
     hll = hll.checked()
     store = warehouse.store()
     keys = list(context.partition_keys)
-    summaries = []
-    t0 = time.perf_counter()
-    contexts = 0
+    metadata_by_partition = {}
     for key in keys:
+        t0 = time.perf_counter()
         graph = adj.build(io.read_index_table(store, [key]), hll.alpha)
         context_counts = shard_context(store, key, hll.context_order)
         io.write_adjacency(store, ADJACENCY, key, graph, context_counts)
-        summaries.append(report.adjacency_summary(graph))
-        contexts += context_counts.size
-    seconds = time.perf_counter() - t0
-    path = str(store.partition_dir(ADJACENCY.name, keys[0]))
-    return dg.MaterializeResult(
-        metadata={
-            **row_metadata(ADJACENCY, sum(s["nodes"] for s in summaries)),
+        summary = report.adjacency_summary(graph)
+        metadata_by_partition[key] = {
+            **row_metadata(ADJACENCY, summary["nodes"]),
             **hll.metadata(),
-            **report.adjacency_metadata(keys, summaries, contexts, seconds, path),
+            **report.adjacency_metadata(
+                [summary],
+                context_counts.size,
+                time.perf_counter() - t0,
+                str(store.partition_dir(ADJACENCY.name, key)),
+            ),
         }
-    )
+    return partition_results(context, metadata_by_partition)
 
 
 def shard_problems(store: Warehouse, shard: str) -> list[str]:

@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from sphere_assets.core.metadata import row_metadata
+from sphere_assets.core.metadata import partition_results, row_metadata
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.lib.sketch import hllset as hs
 from sphere_assets.lib.sketch import ngrams as ng
@@ -70,13 +70,18 @@ def article_hllsets(
     store = warehouse.store()
     keys = list(context.partition_keys)
     shards = [sketch_shard(store, key, hll.p, hll.span_patches) for key in keys]
-    path = str(store.partition_dir(ARTICLE_HLLSETS.name, keys[0]))
-    return dg.MaterializeResult(
-        metadata={
-            **row_metadata(ARTICLE_HLLSETS, sum(s.written.rows for s in shards)),
-            **hll.metadata(),
-            **report.article_hllsets_metadata(keys, shards, path),
-        }
+    return partition_results(
+        context,
+        {
+            key: {
+                **row_metadata(ARTICLE_HLLSETS, shard.written.rows),
+                **hll.metadata(),
+                **report.article_hllsets_metadata(
+                    [shard], str(store.partition_dir(ARTICLE_HLLSETS.name, key))
+                ),
+            }
+            for key, shard in zip(keys, shards, strict=True)
+        },
     )
 
 

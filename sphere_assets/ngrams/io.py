@@ -397,7 +397,7 @@ def load_context(
     store: Warehouse, asset: AssetContract, partition: str | None
 ) -> cm.ContextCounts | None:
     """The context counts of an adjacency partition (None if it was written without them)."""
-    if not (store.partition_dir(asset.name, partition) / f"{CONTEXT_STEM}.safetensors").exists():
+    if not store.has_file(asset.name, partition, f"{CONTEXT_STEM}.safetensors"):
         return None
     arrays, meta = store.read_tensors(asset.name, partition, CONTEXT_STEM)
     try:

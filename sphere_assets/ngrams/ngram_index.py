@@ -10,7 +10,7 @@ import time
 import dagster as dg
 import numpy as np
 
-from sphere_assets.core.metadata import row_metadata
+from sphere_assets.core.metadata import partition_results, row_metadata
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.lib.sketch import hllset as hs
 from sphere_assets.lib.sketch import ngrams as ng
@@ -65,13 +65,18 @@ def ngram_index(
     keys = list(context.partition_keys)
     shards = [index_shard(store, key, hll.p) for key in keys]
     context.log.info(report.ngram_index_log(keys, shards))
-    path = str(store.partition_dir(NGRAM_INDEX.name, keys[0]))
-    return dg.MaterializeResult(
-        metadata={
-            **row_metadata(NGRAM_INDEX, sum(s.rows for s in shards)),
-            **hll.metadata(),
-            **report.ngram_index_metadata(keys, shards, path),
-        }
+    return partition_results(
+        context,
+        {
+            key: {
+                **row_metadata(NGRAM_INDEX, shard.rows),
+                **hll.metadata(),
+                **report.ngram_index_metadata(
+                    [shard], str(store.partition_dir(NGRAM_INDEX.name, key))
+                ),
+            }
+            for key, shard in zip(keys, shards, strict=True)
+        },
     )
 
 

@@ -48,12 +48,11 @@ def ngram_index_log(keys: list[str], shards: list[IndexedShard]) -> str:
     )
 
 
-def ngram_index_metadata(keys: list[str], shards: list[IndexedShard], path: str) -> dict:
+def ngram_index_metadata(shards: list[IndexedShard], path: str) -> dict:
     occurrences = sum(s.occurrences for s in shards)
     seconds = sum(s.seconds for s in shards)
     distinct = np.sum([s.distinct for s in shards], axis=0)
     return {
-        "partitions_in_run": ",".join(keys),
         "articles": sum(s.articles for s in shards),
         "patches": sum(s.patches for s in shards),
         "occurrences": occurrences,
@@ -109,10 +108,9 @@ class SketchedShard:
     seconds: float
 
 
-def article_hllsets_metadata(keys: list[str], shards: list[SketchedShard], path: str) -> dict:
+def article_hllsets_metadata(shards: list[SketchedShard], path: str) -> dict:
     previews = [s.written.preview for s in shards if s.written.preview is not None]
     metadata = {
-        "partitions_in_run": ",".join(keys),
         "articles": sum(s.articles for s in shards),
         "spans": sum(s.written.spans for s in shards),
         "seconds": round(sum(s.seconds for s in shards), 4),
@@ -143,11 +141,8 @@ def adjacency_summary(graph: adj.Adjacency) -> dict:
     }
 
 
-def adjacency_metadata(
-    keys: list[str], summaries: list[dict], contexts: int, seconds: float, path: str
-) -> dict:
+def adjacency_metadata(summaries: list[dict], contexts: int, seconds: float, path: str) -> dict:
     return {
-        "partitions_in_run": ",".join(keys),
         "nodes": sum(s["nodes"] for s in summaries),
         "edges": sum(s["edges"] for s in summaries),
         "branching_nodes": sum(s["branching_nodes"] for s in summaries),

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from sphere_assets.core.lazy import lazy_module
+from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.ingest.contract import RAW_ARTICLES
@@ -211,11 +212,21 @@ def blt_patches(
     ) as run:
         stats = [patch_shard(store, key, model, calibration, config, run) for key in keys]
     device = str(next(model.parameters()).device)
-    path = str(store.partition_dir(BLT_PATCHES.name, keys[0]))
-    metadata = report.blt_patches_metadata(
-        config, calibration, stats, run, threads, (model_sha, device, path)
+    return partition_results(
+        context,
+        {
+            s["key"]: report.blt_patches_metadata(
+                config,
+                calibration,
+                [s],
+                run,
+                threads,
+                (model_sha, device, str(store.partition_dir(BLT_PATCHES.name, s["key"]))),
+            )
+            for s in stats
+        },
+        check_results=[mean_size_check(config, stats)],
     )
-    return dg.MaterializeResult(metadata=metadata, check_results=[mean_size_check(config, stats)])
 
 
 def reassembly_problems(key: str, raw: pa.Table, table: pa.Table) -> list[str]:

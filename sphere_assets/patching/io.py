@@ -10,7 +10,8 @@ Files (see ``contract.py``)::
 
 ``model.safetensors`` is serialized by the warehouse's one safetensors writer
 (:func:`sphere_resources.store.canonical_safetensors`) and read back by its reader
-(:func:`sphere_resources.store.read_safetensors`).
+(:meth:`sphere_resources.store.Warehouse.read_file`, verified, then
+:func:`sphere_resources.integrity.parse_safetensors`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from sphere_assets.patching.contract import (
     PATCH_EMBEDDINGS_SCHEMA,
 )
 from sphere_resources.contracts import ContractError
-from sphere_resources.store import canonical_safetensors, read_safetensors
+from sphere_resources.integrity import parse_safetensors
+from sphere_resources.store import canonical_safetensors
 from sphere_resources.warehouse import Warehouse
 
 # torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
@@ -141,16 +143,16 @@ def write_entropy_model(
 def load_model(store: Warehouse, device: str = "cpu"):
     """The trained entropy model (rebuilt from its file), its metadata and the file's sha256."""
     path = model_path(store)
-    if not path.exists():
+    if not store.has_file(ENTROPY_MODEL.name, None, MODEL_FILE):
         raise ContractError(
             ENTROPY_MODEL.name,
             None,
             MODEL_FILE,
             f"no model at {path} (materialize entropy_model first)",
         )
-    data = path.read_bytes()
+    data = store.read_file(ENTROPY_MODEL.name, None, MODEL_FILE)  # verified against the manifest
     try:
-        arrays, metadata = read_safetensors(path)
+        arrays, metadata = parse_safetensors(data)
         model, metadata = em.model_from_file_tensors(arrays, metadata, rt.resolve_device(device))
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ContractError(ENTROPY_MODEL.name, None, MODEL_FILE, f"{path}: {exc}") from exc

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from sphere_assets.core.lazy import lazy_module
+from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.patching import io, report
@@ -169,23 +170,30 @@ def patch_embeddings(
         )
     keys = list(context.partition_keys)
     total_bytes = io.shard_bytes(store, BLT_PATCHES.name, "byte_len", keys)
-    t0 = time.perf_counter()
     with mw.article_run(
         context.log.info, PATCH_EMBEDDINGS.name, model, config.workers, threads, total_bytes
     ) as run:
-        summaries = [embed_shard(store, key, model, model_sha, config, minilm, run) for key in keys]
-    return dg.MaterializeResult(
-        metadata=report.patch_embeddings_metadata(
-            config.embedder,
-            minilm is not None,
-            summaries,
-            time.perf_counter() - t0,
-            run,
-            threads,
-            model_sha,
-            f"{io.BLT_V3_STEM}.safetensors",
-            str(store.partition_dir(PATCH_EMBEDDINGS.name, keys[0])),
-        )
+        summaries = []
+        for key in keys:
+            t0 = time.perf_counter()
+            summary = embed_shard(store, key, model, model_sha, config, minilm, run)
+            summaries.append({**summary, "key": key, "seconds": time.perf_counter() - t0})
+    return partition_results(
+        context,
+        {
+            s["key"]: report.patch_embeddings_metadata(
+                config.embedder,
+                minilm is not None,
+                [s],
+                s["seconds"],
+                run,
+                threads,
+                model_sha,
+                f"{io.BLT_V3_STEM}.safetensors",
+                str(store.partition_dir(PATCH_EMBEDDINGS.name, s["key"])),
+            )
+            for s in summaries
+        },
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from sphere_assets.core.lazy import lazy_module
+from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import (
     BAND_LIMITS,
     partitions_in_scope,
@@ -168,28 +169,24 @@ def shell_placements(
     local = jax.local_devices()  # points are sharded over them when there are several
     devices = local if len(local) > 1 else None
     basis = io.load_basis(store, BAND_LIMIT)
-    summaries, placements = [], []
-    t0 = time.perf_counter()
+    metadata_by_partition = {}
     for key in context.partition_keys:
         summary, p = place_shard(store, key, config, basis, device, devices)
         context.log.info(report.shard_log_line(summary))
-        summaries.append(summary)
-        placements.append(p)
-    first_key = summaries[0]["shard"]
-    metadata = report.materialization_metadata(
-        method=config.method,
-        n_shells=config.waterfill.n_shells,
-        band_limit=basis.L,
-        summaries=summaries,
-        placements=placements,
-        seconds=time.perf_counter() - t0,
-        first_table=io.first_rows_table(store, first_key),
-        plot_sample=config.plot_sample,
-        jax_metadata=jax.metadata(),
-        devices_used=1 if devices is None or config.method != "lateral" else len(devices),
-        path=io.partition_path(store, first_key),
-    )
-    return dg.MaterializeResult(metadata=metadata)
+        metadata_by_partition[key] = report.materialization_metadata(
+            method=config.method,
+            n_shells=config.waterfill.n_shells,
+            band_limit=basis.L,
+            summaries=[summary],
+            placements=[p],
+            seconds=summary["seconds"],
+            first_table=io.first_rows_table(store, key),
+            plot_sample=config.plot_sample,
+            jax_metadata=jax.metadata(),
+            devices_used=1 if devices is None or config.method != "lateral" else len(devices),
+            path=io.partition_path(store, key),
+        )
+    return partition_results(context, metadata_by_partition)
 
 
 # --- checks -----------------------------------------------------------------------------------

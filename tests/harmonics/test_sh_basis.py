@@ -39,7 +39,11 @@ def check_result(result):
 def test_sh_basis_partition_files_metadata_and_check(resources):
     res = materialize(resources, "16")
     part = Path(resources["warehouse"].root) / "sh_basis" / "L=16"
-    assert sorted(p.name for p in part.iterdir()) == ["basis.safetensors", "part-0.parquet"]
+    assert sorted(p.name for p in part.iterdir()) == [
+        "_manifest.json",
+        "basis.safetensors",
+        "part-0.parquet",
+    ]
 
     tensors, meta = read_safetensors(part / "basis.safetensors")
     assert meta["L"] == "16" and meta["partition"] == "16" and meta["asset"] == "sh_basis"
@@ -91,6 +95,16 @@ def test_sh_basis_rows_through_duckdb_catalog(resources):
     assert all(r[3] <= 1e-12 and r[4] == 0 for r in rows)
 
 
+def rewrite_tensors(store, key, tensors, meta):
+    """Replace the partition's tensors through the storage layer (its manifest then matches:
+    these tests are about bad numbers a writer produced, not about damaged files), keeping the
+    summary row as it was."""
+    row = store.read_table("sh_basis", key)
+    with store.partition_writer("sh_basis", key) as writer:
+        writer.write_tensors("basis", tensors, meta)
+        writer.write_table(row)
+
+
 def test_check_fails_on_a_corrupted_table(resources):
     materialize(resources, "16")
     store = resources["warehouse"].store()
@@ -100,9 +114,7 @@ def test_check_fails_on_a_corrupted_table(resources):
     legendre = np.array(broken["legendre"])
     legendre[5] = 0.0  # one (l, m) column underflowed to zero, as in the research code
     broken["legendre"] = legendre
-    from sphere_resources.store import canonical_safetensors
-
-    (part / "basis.safetensors").write_bytes(canonical_safetensors(broken, meta))
+    rewrite_tensors(store, "16", broken, meta)
     res = dg.materialize(
         ASSETS,
         resources=resources,
@@ -122,10 +134,8 @@ def test_load_sh_basis_names_partition_on_bad_file(resources):
     assert harmonics_io.load_sh_basis(store, 16).L == 16
     part = store.partition_dir("sh_basis", "16")
     tensors, meta = read_safetensors(part / "basis.safetensors")
-    from sphere_resources.store import canonical_safetensors
-
     meta = dict(meta, m_blocks="0:16:8")
-    (part / "basis.safetensors").write_bytes(canonical_safetensors(tensors, meta))
+    rewrite_tensors(store, "16", tensors, meta)
     with pytest.raises(ContractError, match="sh_basis.*'16'"):
         harmonics_io.load_sh_basis(store, "16")
 
@@ -144,6 +154,10 @@ def test_partition_range_in_one_run_writes_each_band_limit(resources):
     assert sorted(p.name for p in root.iterdir()) == ["L=16", "L=32"]
     mats = res.asset_materializations_for_node("sh_basis")
     assert sorted(m.partition for m in mats) == ["16", "32"]
-    meta = {k: v.value for k, v in mats[0].metadata.items()}
-    assert meta["L"] == "16,32" and meta["max_gram_error"] <= 1e-12 and "per_L" in meta
+    # each partition's materialization carries its own band limit, row count, path and errors
+    for m in mats:
+        meta = {k: v.value for k, v in m.metadata.items()}
+        assert meta["L"] == int(m.partition) and meta["dagster/row_count"] == 1
+        assert meta["max_gram_error"] <= 1e-12 and meta["round_trip_rel_error"] <= 1e-12
+        assert meta["path"].endswith(f"L={m.partition}") and meta["partitions_in_run"] == "16,32"
     assert check_result(res).metadata["partitions"].value == "16,32"

@@ -10,11 +10,11 @@ import sys
 
 HEAVY = ("torch", "jax", "jaxlib", "thrml", "equinox", "matplotlib")
 
-PROBE = """
+PROBE = f"""
 import json, sys
 import sphere_assets.definitions
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in %r)))
-""" % (HEAVY,)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
+"""
 
 
 def test_code_location_loads_without_torch_or_jax():

@@ -8,6 +8,7 @@ def test_shard_files(materialized):
     root, _ = materialized
     shard = shard_partitions.get_partition_keys()[0]
     assert sorted(p.name for p in (root / "adjacency" / f"shard={shard}").iterdir()) == [
+        "_manifest.json",
         "context.safetensors",
         "csr.safetensors",
         "part-0.parquet",

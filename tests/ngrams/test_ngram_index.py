@@ -21,7 +21,8 @@ def test_shard_files(materialized):
     root, _ = materialized
     shard = shard_partitions.get_partition_keys()[0]
     assert sorted(p.name for p in (root / "ngram_index" / f"shard={shard}").iterdir()) == [
-        "part-0.parquet"
+        "_manifest.json",
+        "part-0.parquet",
     ]
 
 

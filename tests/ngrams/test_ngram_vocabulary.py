@@ -21,6 +21,7 @@ def test_files_and_lookup(materialized):
     checks = {ev.check_name: ev for ev in result.get_asset_check_evaluations()}
     assert checks["ngram_vocabulary_merge_consistent"].passed
     assert sorted(p.name for p in (root / "ngram_vocabulary").iterdir()) == [
+        "_manifest.json",
         "lookup.safetensors",
         "part-0.parquet",
     ]

@@ -21,7 +21,7 @@ def test_entropy_model_files_metadata_and_check(pipeline):
     resources, root, results = pipeline
     res = results["model"]
     files = sorted(p.name for p in (root / "entropy_model").iterdir())
-    assert files == ["heldout.safetensors", "model.safetensors", "part-0.parquet"]
+    assert files == ["_manifest.json", "heldout.safetensors", "model.safetensors", "part-0.parquet"]
     meta = metadata_of(res, "entropy_model")
     assert meta["heldout_bits_per_byte"] < meta["unigram_bits_per_byte"]
     assert meta["config"]["dim"] == 32 and meta["config"]["steps"] == 60

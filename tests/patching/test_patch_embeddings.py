@@ -31,6 +31,7 @@ def test_patch_embeddings_files_join_and_v3_export(pipeline):
         assert checks_of(res)["patch_embeddings_consistent"].passed
         part = root / "patch_embeddings" / f"shard={key}"
         assert sorted(p.name for p in part.iterdir()) == [
+            "_manifest.json",
             "blt_v3.safetensors",
             "embeddings.safetensors",
             "part-0.parquet",

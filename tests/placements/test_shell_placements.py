@@ -111,6 +111,7 @@ def test_lateral_partition_files_checks_and_determinism(resources, upstream):
     root = Path(resources["warehouse"].root)
     part = root / "shell_placements" / "shard=0"
     assert sorted(p.name for p in part.iterdir()) == [
+        "_manifest.json",
         "coordinates.safetensors",
         "librarian.safetensors",
         "lvm.safetensors",

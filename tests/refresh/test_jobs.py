@@ -207,7 +207,8 @@ def test_sigkill_mid_write_leaves_no_partial_partition_and_retry_completes(
             assert not r1.success
             run_id = r1.run_id
         assert (tmp_path / "killed").exists()  # the step process really died by SIGKILL
-        staged = list((wh / ".staging").rglob("*.parquet"))
+        staging = WarehouseResource(root=str(wh)).store().staging_root
+        staged = list(staging.rglob("*.parquet"))
         assert staged and any(p.stat().st_size > 0 for p in staged), "kill was not mid-write"
         assert _digests(wh / "raw_articles") == before  # old partition intact, nothing partial
         # the run-retry daemon re-executes from failure (the job's dagster/max_retries tag)
@@ -230,4 +231,6 @@ def test_sigkill_mid_write_leaves_no_partial_partition_and_retry_completes(
         assert (tmp_path / "killed").exists()
         assert "STEP_UP_FOR_RETRY" in types and "STEP_RESTARTED" in types
         assert _digests(wh / "raw_articles") == expected
-    assert WarehouseResource(root=str(wh)).store().clean_staging() >= 2
+    # each rewrite of the partition removed the staging its killed predecessor left behind
+    assert not list(staging.rglob("*.parquet"))
+    assert WarehouseResource(root=str(wh)).store().clean_staging() == 0

@@ -113,8 +113,14 @@ def test_bytes_equal_postgres_own_binary_copy(postgres_url, pg_schema, offset):
 
 
 @pytest.mark.postgres
-def test_server_rejects_nul_in_text(postgres_url, pg_schema):
-    data = COPY_HEADER + encode_rows(["text"], [pa.array(["ok", "a\x00b"])]) + COPY_TRAILER
+def test_nul_in_text_is_refused_by_the_encoder_and_the_server(postgres_url, pg_schema):
+    # the encoder names the row (PostgreSQL text cannot hold U+0000) ...
+    with pytest.raises(CopyEncodeError, match=r"column 't': row 1 .*NUL") as err:
+        encode_rows(["text"], [pa.array(["ok", "a\x00b"])], ["t"])
+    assert err.value.row == 1
+    # ... where the server would reject the whole COPY: the same tuple, encoded by hand
+    tuple_ = b"\x00\x01" + (3).to_bytes(4, "big") + b"a\x00b"
+    data = COPY_HEADER + tuple_ + COPY_TRAILER
     with psycopg.connect(postgres_url) as conn:
         conn.execute(f'CREATE TABLE "{pg_schema}".t (t text)')
         with pytest.raises(psycopg.errors.CharacterNotInRepertoire, match="0x00"):

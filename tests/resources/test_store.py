@@ -58,7 +58,7 @@ def test_rewrite_replaces_partition_whole(tmp_path):
     with wh.partition_writer("raw_articles", "0") as w:
         w.write_table(articles(1))
     files = sorted(p.name for p in (tmp_path / "raw_articles" / "shard=0").iterdir())
-    assert files == ["part-0.parquet"]
+    assert files == ["_manifest.json", "part-0.parquet"]
     assert wh.read_table("raw_articles", "0").num_rows == 1
 
 
@@ -72,7 +72,7 @@ def test_interrupted_write_keeps_previous_partition(tmp_path):
             w.write_table(articles(1, "new"))
             raise RuntimeError("boom")
     assert (tmp_path / "raw_articles" / "shard=0" / "part-0.parquet").read_bytes() == before
-    assert not any((tmp_path / ".staging").iterdir())
+    assert not any((wh.staging_root / "raw_articles").iterdir())
 
 
 def test_killed_writer_process_leaves_previous_partition(tmp_path):
@@ -104,11 +104,26 @@ def test_schema_mismatch_names_asset_partition_field(tmp_path):
     ):
         with wh.partition_writer("raw_articles", "0") as w:
             w.write_table(bad)
-    # a file written behind the warehouse's back is caught on read
+    # a file written behind the warehouse's back (no manifest) is caught on read
     (tmp_path / "raw_articles" / "shard=3").mkdir(parents=True)
     pq.write_table(
         articles(2).drop_columns(["title"]),
         tmp_path / "raw_articles" / "shard=3" / "part-0.parquet",
+    )
+    with pytest.raises(ContractError, match=r"partition '3', field '_manifest.json'.*no manifest"):
+        wh.read_table("raw_articles", "3")
+    # ... and so is one that carries a manifest but not the contract's schema
+    with wh.partition_writer("raw_articles", "3") as w:
+        w.write_bytes("other.bin", b"x")
+    pq.write_table(
+        articles(2).drop_columns(["title"]),
+        tmp_path / "raw_articles" / "shard=3" / "part-0.parquet",
+    )
+    from sphere_resources.integrity import manifest_bytes
+
+    part = tmp_path / "raw_articles" / "shard=3"
+    (part / "_manifest.json").write_bytes(
+        manifest_bytes("raw_articles", "3", [part / "part-0.parquet", part / "other.bin"])
     )
     with pytest.raises(ContractError, match=r"partition '3', field 'title': missing column"):
         wh.read_table("raw_articles", "3")

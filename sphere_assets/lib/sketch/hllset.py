@@ -352,3 +352,12 @@ class HLLSet:
     def cardinality(self) -> np.ndarray:
         """Estimated distinct keys per layer (3,)."""
         return cardinality(self.words, self.p)
+
+    def compare(self, other: HLLSet, method: str = "joint-ml") -> list:
+        """Per layer, |A∖B|, |B∖A|, |A∩B|, Jaccard and BSS τ, ρ of ``self`` (A) and ``other`` (B)
+        with standard errors (:mod:`sphere_assets.lib.sketch.hll_estimators`; the word-wise
+        ``&`` / ``-`` above are bitmaps, biased as cardinality estimates)."""
+        from sphere_assets.lib.sketch import hll_estimators  # imports this module
+
+        self._check(other)
+        return hll_estimators.compare_layers(self.words, other.words, self.p, method)

@@ -11,9 +11,19 @@ Normalization rules (the only changes made to text):
 * text is put in Unicode NFC, so canonically equivalent articles have identical bytes;
 * whitespace-only text -> reject ``empty``; more than ``max_article_bytes`` UTF-8 bytes after
   normalization -> reject ``oversize`` (never truncated);
-* a record without an id -> ``missing_id``; without a text field -> ``missing_text``; a jsonl
-  line that is not a JSON object -> ``invalid_json``; a repeated id in the same source ->
-  ``duplicate_id`` (the first occurrence wins).
+* a record without an id -> ``missing_id``; without a text field -> ``missing_text``; a text that
+  is not a string (a number, list, dict, bool) -> ``invalid_text``; a jsonl line that is not a
+  JSON object -> ``invalid_json``; a repeated id in the same source -> ``duplicate_id`` (the first
+  occurrence wins);
+* every other field is validated too: an id that is not a string or an integer, a title or url
+  that is not a string, or any of id/title/url/source holding a lone surrogate (not encodable as
+  UTF-8) -> ``invalid_field``;
+* U+0000 (NUL) in any stored field -> ``contains_nul``: PostgreSQL ``text`` cannot hold it, so an
+  accepted article could never be published; rejecting it here keeps the warehouse, DuckDB and
+  the Postgres catalog equal.
+
+Every reject remembers where the first one of its reason came from (:class:`RejectSample`), so
+a user can find it in the source.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ import mmh3
 REJECT_REASONS = (
     "missing_id",
     "missing_text",
+    "invalid_text",
+    "invalid_field",
+    "contains_nul",
     "invalid_json",
     "invalid_utf8",
     "empty",
@@ -42,12 +55,13 @@ class SourceRecord(Protocol):
     """What a corpus source yields (``sphere_resources.corpus_sources.SourceRecord``)."""
 
     locator: str  # where the record sits in its source (stable): used to shard id-less rejects
-    article_id: str | None
-    title: str | None
-    text: str | bytes | None
+    article_id: object  # str when well-formed; anything else is rejected (invalid_field)
+    title: object
+    text: object
     source: str
-    url: str | None
+    url: object
     problem: str | None  # a reject reason the reader already knows (e.g. invalid_json)
+    line: int | None  # 1-based line of a jsonl record (None for other sources)
 
 
 @dataclass
@@ -65,47 +79,157 @@ def shard_of(key: str, n_shards: int) -> int:
     return mmh3.hash64(key.encode("utf-8", "surrogatepass"), seed=0, signed=False)[0] % n_shards
 
 
-def normalize_record(rec: SourceRecord, max_article_bytes: int) -> ArticleRow | str:
-    """An ArticleRow, or the reject reason (one of REJECT_REASONS)."""
-    if rec.problem:
-        return rec.problem
-    if rec.article_id is None or str(rec.article_id) == "":
-        return "missing_id"
-    if rec.text is None:
-        return "missing_text"
-    text = rec.text
-    if isinstance(text, bytes | bytearray | memoryview):
-        data = bytes(text)
-        if data.startswith(b"\xef\xbb\xbf"):
-            data = data[3:]
-        if data.isascii():
-            # ASCII is valid UTF-8 and already NFC: one cheap decode, length is the byte length.
-            text, encoded_len = data.decode("ascii"), len(data)
-        else:
+@dataclass(frozen=True)
+class Reject:
+    """Why a record was not stored: ``reason`` (one of REJECT_REASONS) and, when one field is
+    to blame, that ``field`` (article_id, title, text, url, source)."""
+
+    reason: str
+    field: str | None = None
+
+
+def field_problem(value: object, allow_int: bool = False) -> str | None:
+    """The reject reason of one scalar field (id, title, url, source), or None when it stores.
+
+    Stores: None, a str encodable as UTF-8 without NUL, and (``allow_int``) an int that is not
+    a bool. Anything else -> ``invalid_field``; a NUL -> ``contains_nul``.
+    """
+    if type(value) is str:  # the common case first: one type test, no isinstance chain
+        if not value.isascii():
             try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError:
-                return "invalid_utf8"
-            encoded_len = None
-    elif isinstance(text, str):
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\udc80" JSON escape
+                return "invalid_field"
+        return "contains_nul" if "\x00" in value else None
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "invalid_field"
+    if isinstance(value, int):
+        return None if allow_int else "invalid_field"
+    if isinstance(value, str):  # a str subclass
+        return field_problem(str(value), allow_int)
+    return "invalid_field"
+
+
+def _fields_problem(rec: SourceRecord) -> Reject | None:
+    """The first unstorable field among id, title, url and source (None when all store)."""
+    reason = field_problem(rec.article_id, True)
+    if reason is not None:
+        return Reject(reason, "article_id")
+    reason = field_problem(rec.title)
+    if reason is not None:
+        return Reject(reason, "title")
+    reason = field_problem(rec.url)
+    if reason is not None:
+        return Reject(reason, "url")
+    reason = field_problem(rec.source)
+    if reason is not None:
+        return Reject(reason, "source")
+    return None
+
+
+def _decode_text(text: str | bytes | bytearray | memoryview) -> tuple[str, int | None] | Reject:
+    """(text as str, its UTF-8 length when already known) or the reject: strict UTF-8, BOM dropped."""
+    if isinstance(text, str):
+        return text, (len(text) if text.isascii() else None)
+    data = bytes(text)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if data.isascii():
+        # ASCII is valid UTF-8 and already NFC: one cheap decode, length is the byte length.
+        return data.decode("ascii"), len(data)
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return Reject("invalid_utf8", "text")
+
+
+def normalize_record(rec: SourceRecord, max_article_bytes: int) -> ArticleRow | Reject:
+    """An ArticleRow, or the Reject (reason one of REJECT_REASONS, and the field to blame)."""
+    if rec.problem:
+        return Reject(rec.problem)
+    if rec.article_id is None or rec.article_id == "":
+        return Reject("missing_id", "article_id")
+    bad_field = _fields_problem(rec)
+    if bad_field is not None:
+        return bad_field
+    text = rec.text
+    if type(text) is str:  # inline fast path: most records are str already
         encoded_len = len(text) if text.isascii() else None
+    elif text is None:
+        return Reject("missing_text", "text")
+    elif isinstance(text, str | bytes | bytearray | memoryview):
+        decoded = _decode_text(text)
+        if isinstance(decoded, Reject):
+            return decoded
+        text, encoded_len = decoded
     else:
-        return "missing_text"
+        return Reject("invalid_text", "text")
     if encoded_len is None:
         if not unicodedata.is_normalized("NFC", text):
             text = unicodedata.normalize("NFC", text)
         try:
             encoded_len = len(text.encode("utf-8"))
         except UnicodeEncodeError:
-            return "invalid_utf8"
+            return Reject("invalid_utf8", "text")
     if not text or text.isspace():  # isspace() inspects in place; strip() would copy the text
-        return "empty"
+        return Reject("empty", "text")
+    if "\x00" in text:
+        return Reject("contains_nul", "text")
     if encoded_len > max_article_bytes:
-        return "oversize"
-    title = (
-        rec.title if isinstance(rec.title, str) else ("" if rec.title is None else str(rec.title))
-    )
+        return Reject("oversize", "text")
+    title = "" if rec.title is None else rec.title
     return ArticleRow(str(rec.article_id), title, text, rec.source, encoded_len, rec.url)
+
+
+@dataclass(frozen=True)
+class RejectSample:
+    """Where the first reject of a reason came from: source (file), line (jsonl), locator
+    (file:line, file:row, hf:…:index), the id as printable text, and the field to blame."""
+
+    reason: str
+    source: str
+    locator: str
+    line: int | None
+    article_id: str | None
+    field: str | None
+
+    def describe(self) -> str:
+        """One line for logs: ``<reason>: <source>[ line N] id=<id>[ field=<field>]``."""
+        where = self.source + (f" line {self.line}" if self.line is not None else "")
+        if self.line is None and self.locator != self.source:
+            where += f" ({self.locator})"
+        shown = "None" if self.article_id is None else f"'{self.article_id}'"
+        out = f"{self.reason}: {where} id={shown}"
+        return out + (f" field={self.field}" if self.field else "")
+
+
+SAMPLE_ID_CHARS = 200  # a sample shows at most this much of an id (display only; data untouched)
+
+
+def printable(value: object) -> str | None:
+    """``value`` as text that can always be stored and printed: lone surrogates and control
+    characters escaped, longer than SAMPLE_ID_CHARS cut with a marker saying how long it was."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+    if len(text) > SAMPLE_ID_CHARS:
+        text = text[:SAMPLE_ID_CHARS] + f"… ({len(text)} chars)"
+    return text
+
+
+def reject_sample(rec: SourceRecord, reject: Reject) -> RejectSample:
+    return RejectSample(
+        reject.reason,
+        printable(rec.source) or "",
+        printable(rec.locator) or "",
+        getattr(rec, "line", None),
+        printable(rec.article_id),
+        reject.field,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +243,13 @@ class ShardStats:
     rows_out: int = 0
     bytes_out: int = 0
     rejects: Counter = field(default_factory=Counter)
+    samples: dict[str, RejectSample] = field(default_factory=dict)  # first reject per reason
+
+    def reject(self, rec: SourceRecord, reject: Reject) -> None:
+        """Count ``reject`` and keep it as the sample of its reason when it is the first."""
+        self.rejects[reject.reason] += 1
+        if reject.reason not in self.samples:
+            self.samples[reject.reason] = reject_sample(rec, reject)
 
     def check(self) -> None:
         if self.articles_in != self.rows_out + sum(self.rejects.values()):
@@ -165,11 +296,11 @@ class ShardSplitter:
         stats = self.stats[shard]
         stats.articles_in += 1
         result = normalize_record(rec, self.max_article_bytes)
-        if isinstance(result, str):
-            stats.rejects[result] += 1
+        if isinstance(result, Reject):
+            stats.reject(rec, result)
             return
         if result.article_id in self._seen[shard]:
-            stats.rejects["duplicate_id"] += 1
+            stats.reject(rec, Reject("duplicate_id", "article_id"))
             return
         self._seen[shard].add(result.article_id)
         stats.rows_out += 1

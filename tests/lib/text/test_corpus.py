@@ -36,7 +36,7 @@ def test_shard_of_is_mmh3_x64_low64_mod_n():
     ],
 )
 def test_normalize_rejects(record, expected):
-    assert normalize_record(record, max_article_bytes=10) == expected
+    assert normalize_record(record, max_article_bytes=10).reason == expected
 
 
 def test_normalize_decodes_strips_bom_and_applies_nfc():

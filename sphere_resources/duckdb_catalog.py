@@ -13,8 +13,6 @@ import os
 import uuid
 from pathlib import Path
 
-import duckdb
-
 from sphere_resources.contracts import CONTRACTS, PARQUET_PART_NAME
 from sphere_resources.store import Warehouse
 
@@ -93,6 +91,8 @@ def build_catalog(
     missing_parts: dict[str, list[str]] = {}
     extra_parts: dict[str, list[str]] = {}
     names = sorted(assets if assets is not None else CONTRACTS)
+    import duckdb  # here, not at the top: every Dagster step process loads this module
+
     con = duckdb.connect(str(tmp))
     try:
         for name in names:
@@ -134,6 +134,8 @@ def build_catalog(
 
 
 def view_row_counts(catalog_path: str | os.PathLike, views: list[str]) -> dict[str, int]:
+    import duckdb  # deferred, as in build_catalog
+
     con = duckdb.connect(str(catalog_path), read_only=True)
     try:
         return {v: con.execute(f'SELECT count(*) FROM "{v}"').fetchone()[0] for v in views}

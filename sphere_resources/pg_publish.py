@@ -47,12 +47,14 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from psycopg import sql
 
 import sphere_resources
 from sphere_resources.contracts import CONTRACTS, PARQUET_PART_NAME, contract_for, validate_schema
 from sphere_resources.pg_copy import COPY_HEADER, COPY_TRAILER, CopyEncodeError, encode_rows
 from sphere_resources.store import Warehouse
+
+# psycopg is imported inside the functions that talk to Postgres: every Dagster step process
+# loads this module (through the catalog family) and almost none of them publish.
 
 SCHEMA = "sphere"
 MIGRATIONS_DIR = Path(sphere_resources.__file__).resolve().parent / "migrations"
@@ -124,6 +126,8 @@ def lock_class(purpose: str, schema: str) -> int:
 
 def apply_migrations(conn, schema: str = SCHEMA, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply the pending migrations in one transaction; returns the versions applied now."""
+    from psycopg import sql
+
     ident = sql.Identifier(schema)
     applied_now: list[str] = []
     with conn.transaction():
@@ -174,6 +178,8 @@ class Column:
 
 
 def table_columns(conn, schema: str, table: str) -> list[Column]:
+    from psycopg import sql
+
     rows = conn.execute(
         "SELECT a.attname, t.typname, a.attnotnull FROM pg_attribute a"
         " JOIN pg_type t ON t.oid = a.atttypid"
@@ -189,6 +195,8 @@ def table_columns(conn, schema: str, table: str) -> list[Column]:
 
 
 def catalog_row_counts(conn, shard: str, schema: str = SCHEMA) -> dict[str, int]:
+    from psycopg import sql
+
     counts = {}
     for spec in CATALOG_TABLES:
         (n,) = conn.execute(
@@ -211,6 +219,8 @@ KEY_COLUMNS = {
 
 def duplicate_keys(conn, shard: str, schema: str = SCHEMA) -> dict[str, int]:
     """Per table: how many keys occur more than once in the shard (0 when the publish is clean)."""
+    from psycopg import sql
+
     out = {}
     for spec in CATALOG_TABLES:
         keys = sql.SQL(", ").join(map(sql.Identifier, KEY_COLUMNS[spec.table]))
@@ -387,6 +397,8 @@ def _row_label(warehouse, spec: CatalogTable, shard: str, row: int) -> str:
 
 
 def _copy_table(cur, warehouse, spec: CatalogTable, shard: str, schema: str, report: TableReport):
+    from psycopg import sql
+
     columns = table_columns(cur.connection, schema, spec.table)
     names = [c.name for c in columns]
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
@@ -428,6 +440,7 @@ def publish_shard(
     ``conn`` is a psycopg connection outside a transaction (autocommit off).
     """
     from psycopg import Error as PgError
+    from psycopg import sql
 
     wanted = list(TABLE_BY_NAME) if tables is None else list(tables)
     unknown = [t for t in wanted if t not in TABLE_BY_NAME]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from psycopg import sql
 from pydantic import Field
+
+if TYPE_CHECKING:  # psycopg loads only where a connection is made (step processes skip it)
+    from psycopg import sql
 
 
 class PostgresUnavailable(RuntimeError):
@@ -173,6 +175,8 @@ def copy_rows(
     cursor, table: str | Sequence[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> int:
     """COPY rows into ``table`` (``"name"`` or ``("schema", "name")``); returns the row count."""
+    from psycopg import sql
+
     ident = sql.Identifier(*table) if not isinstance(table, str) else sql.Identifier(table)
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
         ident, sql.SQL(", ").join(map(sql.Identifier, columns))

@@ -10,7 +10,6 @@ import os
 import time
 
 import dagster as dg
-import psycopg
 
 from sphere_assets.catalog import report
 from sphere_assets.catalog.contract import POSTGRES_CATALOG_NAME
@@ -66,6 +65,8 @@ def build_postgres_catalog(
     def postgres_catalog(
         context: dg.AssetExecutionContext, postgres: PostgresResource, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:
+        import psycopg  # here, not at module level: loading the code location skips it
+
         if not postgres.enabled:
             raise dg.Failure(
                 "Postgres is not configured: set SPHERE_POSTGRES_URL "

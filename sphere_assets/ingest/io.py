@@ -90,8 +90,11 @@ def write_shards(
     return IngestResult(stats, splitter.records_seen, splitter.source_bytes_seen, previews)
 
 
-def stored_article_ids(store: Warehouse) -> Iterator[tuple[str, list[str]]]:
-    """(partition key, article ids in stored order) for every raw_articles partition on disk."""
-    for key in store.partitions(RAW_ARTICLES.name):
+def stored_article_ids(
+    store: Warehouse, keys: list[str] | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """(partition key, article ids in stored order) for the raw_articles partitions ``keys``
+    (default: every one on disk)."""
+    for key in store.partitions(RAW_ARTICLES.name) if keys is None else keys:
         table = store.read_table(RAW_ARTICLES.name, key, columns=["article_id"])
         yield key, table.column("article_id").to_pylist()

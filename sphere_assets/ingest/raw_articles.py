@@ -1,11 +1,13 @@
 """raw_articles: articles from the configured corpus source, sharded by a stable hash of their id."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.metadata import partition_results
-from sphere_assets.core.partitions import shard_partitions
+from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.ingest import report
 from sphere_assets.ingest.contract import RAW_ARTICLES
 from sphere_assets.ingest.io import stored_article_ids, write_shards
@@ -68,21 +70,25 @@ def raw_articles(
     )
 
 
-@dg.asset_check(
+@shard_check(
     asset=raw_articles,
-    description="Every stored article id is unique and in its own shard.",
+    description="Per shard: every stored article id is unique and in its own shard (an id in "
+    "two shards is in the wrong one in at least one of them).",
     blocking=True,
 )
 def raw_articles_ids_unique_and_sharded(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     n_shards = len(shard_partitions.get_partition_keys())
-    bad_shard, dupes, total = 0, 0, 0
-    for key, ids in stored_article_ids(warehouse.store()):
-        total += len(ids)
-        dupes += len(ids) - len(set(ids))
-        bad_shard += sum(1 for i in ids if shard_of(i, n_shards) != int(key))
-    return dg.AssetCheckResult(
-        passed=bad_shard == 0 and dupes == 0,
-        metadata={"rows": total, "duplicate_ids": dupes, "rows_in_wrong_shard": bad_shard},
-    )
+    store = warehouse.store()
+    results = {}
+    for key, ids in stored_article_ids(
+        store, partitions_in_scope(context, store, RAW_ARTICLES.name)
+    ):
+        dupes = len(ids) - len(set(ids))
+        bad_shard = sum(1 for i in ids if shard_of(i, n_shards) != int(key))
+        results[key] = dg.AssetCheckResult(
+            passed=bad_shard == 0 and dupes == 0,
+            metadata={"rows": len(ids), "duplicate_ids": dupes, "rows_in_wrong_shard": bad_shard},
+        )
+    yield from partition_check_results(context, results)

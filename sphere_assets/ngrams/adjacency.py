@@ -7,9 +7,11 @@ Nodes are 2-grams (node table, Parquet), edges 3-grams (``csr.safetensors``), we
 """
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.metadata import partition_results, row_metadata
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.lib.sketch import adjacency as adj
@@ -86,7 +88,7 @@ def shard_problems(store: Warehouse, shard: str) -> list[str]:
     return problems
 
 
-@dg.asset_check(
+@shard_check(
     asset=adjacency,
     additional_deps=[ngram_index],
     description=(
@@ -98,11 +100,12 @@ def shard_problems(store: Warehouse, shard: str) -> list[str]:
 )
 def adjacency_csr_valid(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, ADJACENCY.name)
-    problems = [problem for key in keys for problem in shard_problems(store, key)]
-    return dg.AssetCheckResult(
-        passed=not problems,
-        metadata={"shards": ",".join(keys), **report.problem_counts(problems)},
-    )
+    results = {}
+    for key in partitions_in_scope(context, store, ADJACENCY.name):
+        problems = shard_problems(store, key)
+        results[key] = dg.AssetCheckResult(
+            passed=not problems, metadata={"shards": key, **report.problem_counts(problems)}
+        )
+    yield from partition_check_results(context, results)

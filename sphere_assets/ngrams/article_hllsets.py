@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.metadata import partition_results, row_metadata
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.lib.sketch import hllset as hs
@@ -132,7 +133,7 @@ def recompute_problems(store: Warehouse, shard: str, rows: list[dict]) -> tuple[
     return problems, checked
 
 
-@dg.asset_check(
+@shard_check(
     asset=article_hllsets,
     additional_deps=[blt_patches],
     description=(
@@ -144,24 +145,21 @@ def recompute_problems(store: Warehouse, shard: str, rows: list[dict]) -> tuple[
 )
 def article_hllsets_consistent(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, ARTICLE_HLLSETS.name)
-    problems: list[str] = []
-    checked = 0
-    for key in keys:
-        table = io.read_hllset_rows(store, key)
-        if table.num_rows == 0:
-            continue
-        rows = table.to_pylist()
-        found, recomputed = recompute_problems(store, key, rows)
-        problems += union_problems(key, rows) + found
-        checked += recomputed
-    return dg.AssetCheckResult(
-        passed=not problems,
-        metadata={
-            "shards": ",".join(keys),
-            "spans_recomputed": checked,
-            **report.problem_counts(problems),
-        },
-    )
+    results = {}
+    for key in partitions_in_scope(context, store, ARTICLE_HLLSETS.name):
+        rows = io.read_hllset_rows(store, key).to_pylist()
+        problems, checked = [], 0
+        if rows:  # an empty shard has nothing to recompute
+            found, checked = recompute_problems(store, key, rows)
+            problems = union_problems(key, rows) + found
+        results[key] = dg.AssetCheckResult(
+            passed=not problems,
+            metadata={
+                "shards": key,
+                "spans_recomputed": checked,
+                **report.problem_counts(problems),
+            },
+        )
+    yield from partition_check_results(context, results)

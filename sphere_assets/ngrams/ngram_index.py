@@ -6,10 +6,12 @@ Rows (n, key, hash, reg, run, count) for the configured P, in canonical byte ord
 """
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
 
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.metadata import partition_results, row_metadata
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
 from sphere_assets.lib.sketch import hllset as hs
@@ -107,7 +109,7 @@ def shard_problems(store: Warehouse, shard: str, p: int) -> list[str]:
     return problems
 
 
-@dg.asset_check(
+@shard_check(
     asset=ngram_index,
     additional_deps=[blt_patches],
     description=(
@@ -119,11 +121,12 @@ def shard_problems(store: Warehouse, shard: str, p: int) -> list[str]:
 )
 def ngram_index_consistent(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hll: HllSetResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, NGRAM_INDEX.name)
-    problems = [problem for key in keys for problem in shard_problems(store, key, hll.p)]
-    return dg.AssetCheckResult(
-        passed=not problems,
-        metadata={"shards": ",".join(keys), **report.problem_counts(problems)},
-    )
+    results = {}
+    for key in partitions_in_scope(context, store, NGRAM_INDEX.name):
+        problems = shard_problems(store, key, hll.p)
+        results[key] = dg.AssetCheckResult(
+            passed=not problems, metadata={"shards": key, **report.problem_counts(problems)}
+        )
+    yield from partition_check_results(context, results)

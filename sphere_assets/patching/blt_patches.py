@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from sphere_assets.core.checks import partition_check_results, shard_check, shard_check_spec
 from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
@@ -148,8 +149,9 @@ def patch_shard(
 
 
 def mean_size_check(config: BltPatchesConfig, stats: list[dict]) -> dg.AssetCheckResult:
-    """mean_patch_size_near_target: the run's mean patch size within the tolerance of the
-    target (an empty shard has no mean to miss the target with)."""
+    """mean_patch_size_near_target: the mean patch size of the shards in ``stats`` (one shard
+    per evaluation) within the tolerance of the target (an empty shard has no mean to miss the
+    target with)."""
     n_bytes = sum(s["bytes"] for s in stats)
     n_patches = sum(s["patches"] for s in stats)
     achieved = n_bytes / n_patches if n_patches else 0.0
@@ -179,7 +181,7 @@ def mean_size_check(config: BltPatchesConfig, stats: list[dict]) -> dg.AssetChec
     owners=["team:sphere"],
     tags={"family": "patching"},
     check_specs=[
-        dg.AssetCheckSpec(
+        shard_check_spec(
             "mean_patch_size_near_target",
             asset=BLT_PATCHES.name,
             description="Achieved mean patch size of the shard within 10% of the target.",
@@ -195,7 +197,7 @@ def mean_size_check(config: BltPatchesConfig, stats: list[dict]) -> dg.AssetChec
 )
 def blt_patches(
     context: dg.AssetExecutionContext, config: BltPatchesConfig, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
+) -> Iterator:
     store = warehouse.store()
     model, _, model_sha = io.load_model(store, config.device)
     threads = model.config.num_threads if config.num_threads is None else config.num_threads
@@ -212,7 +214,7 @@ def blt_patches(
     ) as run:
         stats = [patch_shard(store, key, model, calibration, config, run) for key in keys]
     device = str(next(model.parameters()).device)
-    return partition_results(
+    yield partition_results(
         context,
         {
             s["key"]: report.blt_patches_metadata(
@@ -225,7 +227,10 @@ def blt_patches(
             )
             for s in stats
         },
-        check_results=[mean_size_check(config, stats)],
+    )
+    # after the materializations, so each evaluation points at its partition's new one
+    yield from partition_check_results(
+        context, {s["key"]: mean_size_check(config, [s]) for s in stats}
     )
 
 
@@ -272,33 +277,30 @@ def reassembly_problems(key: str, raw: pa.Table, table: pa.Table) -> list[str]:
     return problems
 
 
-@dg.asset_check(
+@shard_check(
     asset=blt_patches,
     additional_deps=[raw_articles],
-    description="Reassembly: every raw article's patches, in patch_index order, are contiguous "
+    description="Reassembly, per shard: every raw article's patches, in patch_index order, are contiguous "
     "(byte_start = running sum, byte_len = len(patch)) and concatenate to its exact UTF-8 bytes.",
     blocking=True,
 )
 def blt_patches_reassemble(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, BLT_PATCHES.name)
-    problems: list[str] = []
-    articles = patches = 0
-    for key in keys:
+    results = {}
+    for key in partitions_in_scope(context, store, BLT_PATCHES.name):
         raw = io.read_raw_texts(store, key)
         table = io.read_patches_for_reassembly(store, key)
-        problems += reassembly_problems(key, raw, table)
-        articles += raw.num_rows
-        patches += table.num_rows
-    return dg.AssetCheckResult(
-        passed=not problems,
-        metadata={
-            "shards": ",".join(keys),
-            "articles": articles,
-            "patches": patches,
-            "problems": len(problems),
-            "first_problems": "; ".join(problems[:5]) or "-",
-        },
-    )
+        problems = reassembly_problems(key, raw, table)
+        results[key] = dg.AssetCheckResult(
+            passed=not problems,
+            metadata={
+                "shards": key,
+                "articles": raw.num_rows,
+                "patches": table.num_rows,
+                "problems": len(problems),
+                "first_problems": "; ".join(problems[:5]) or "-",
+            },
+        )
+    yield from partition_check_results(context, results)

@@ -13,6 +13,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import partitions_in_scope, shard_partitions
@@ -197,56 +198,58 @@ def patch_embeddings(
     )
 
 
-@dg.asset_check(
+@shard_check(
     asset=patch_embeddings,
     additional_deps=[blt_patches],
-    description="Embeddings and prominence are finite, prominence >= 0, shapes agree with each "
+    description="Per shard: embeddings and prominence are finite, prominence >= 0, shapes agree with each "
     "other and with the blt_patches row count, keys match blt_patches, and the blt-burn v3 "
     "export satisfies sum(patch_lengths) == len(bytes).",
     blocking=True,
 )
 def patch_embeddings_consistent(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, PATCH_EMBEDDINGS.name)
+    results = {}
+    for key in partitions_in_scope(context, store, PATCH_EMBEDDINGS.name):
+        problems, rows = shard_problems(store, key)
+        results[key] = dg.AssetCheckResult(
+            passed=not problems,
+            metadata={
+                "shards": key,
+                "rows": rows,
+                "problems": len(problems),
+                "first_problems": "; ".join(problems[:5]) or "-",
+            },
+        )
+    yield from partition_check_results(context, results)
+
+
+def shard_problems(store, key: str) -> tuple[list[str], int]:
+    """(problems, embedding rows) of one patch_embeddings shard against blt_patches."""
     problems: list[str] = []
-    total = 0
-    for key in keys:
-        try:
-            arrays, v3, v3_meta = io.read_embeddings_tensors(store, key)
-        except (ContractError, FileNotFoundError) as exc:
-            problems.append(str(exc))
-            continue
-        patches, side = io.read_embeddings_keys(store, key)
-        emb, prom = arrays["embeddings"], arrays["prominence"]
-        total += emb.shape[0]
-        if emb.shape[0] != patches.num_rows or side.num_rows != patches.num_rows:
-            problems.append(
-                f"shard {key}: {emb.shape[0]} embeddings, {side.num_rows} side rows, "
-                f"{patches.num_rows} patches"
-            )
-            continue
-        if not (np.isfinite(emb).all() and np.isfinite(prom).all() and (prom >= 0).all()):
-            problems.append(f"shard {key}: non-finite embeddings or bad prominence")
-        if not side.equals(patches.select(["article_id", "patch_index"])):
-            problems.append(f"shard {key}: side-table keys differ from blt_patches")
-        if not np.array_equal(arrays["patch_index"], patches.column("patch_index").to_numpy()):
-            problems.append(f"shard {key}: embeddings.patch_index differs from blt_patches")
-        if int(v3["patch_lengths"].astype(np.int64).sum()) != v3["bytes"].size:
-            problems.append(f"shard {key}: v3 sum(patch_lengths) != len(bytes)")
-        if not np.array_equal(v3["patch_lengths"], patches.column("byte_len").to_numpy()):
-            problems.append(f"shard {key}: v3 patch_lengths differ from blt_patches byte_len")
-        if v3_meta.get("format") != pe.BLT_V3_FORMAT or v3_meta.get("num_patches") != str(
-            emb.shape[0]
-        ):
-            problems.append(f"shard {key}: v3 metadata {v3_meta}")
-    return dg.AssetCheckResult(
-        passed=not problems and bool(keys),
-        metadata={
-            "shards": ",".join(keys),
-            "rows": total,
-            "problems": len(problems),
-            "first_problems": "; ".join(problems[:5]) or "-",
-        },
-    )
+    try:
+        arrays, v3, v3_meta = io.read_embeddings_tensors(store, key)
+    except (ContractError, FileNotFoundError) as exc:
+        return [str(exc)], 0
+    patches, side = io.read_embeddings_keys(store, key)
+    emb, prom = arrays["embeddings"], arrays["prominence"]
+    if emb.shape[0] != patches.num_rows or side.num_rows != patches.num_rows:
+        problems.append(
+            f"shard {key}: {emb.shape[0]} embeddings, {side.num_rows} side rows, "
+            f"{patches.num_rows} patches"
+        )
+        return problems, emb.shape[0]
+    if not (np.isfinite(emb).all() and np.isfinite(prom).all() and (prom >= 0).all()):
+        problems.append(f"shard {key}: non-finite embeddings or bad prominence")
+    if not side.equals(patches.select(["article_id", "patch_index"])):
+        problems.append(f"shard {key}: side-table keys differ from blt_patches")
+    if not np.array_equal(arrays["patch_index"], patches.column("patch_index").to_numpy()):
+        problems.append(f"shard {key}: embeddings.patch_index differs from blt_patches")
+    if int(v3["patch_lengths"].astype(np.int64).sum()) != v3["bytes"].size:
+        problems.append(f"shard {key}: v3 sum(patch_lengths) != len(bytes)")
+    if not np.array_equal(v3["patch_lengths"], patches.column("byte_len").to_numpy()):
+        problems.append(f"shard {key}: v3 patch_lengths differ from blt_patches byte_len")
+    if v3_meta.get("format") != pe.BLT_V3_FORMAT or v3_meta.get("num_patches") != str(emb.shape[0]):
+        problems.append(f"shard {key}: v3 metadata {v3_meta}")
+    return problems, emb.shape[0]

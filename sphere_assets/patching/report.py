@@ -9,7 +9,13 @@ import numpy as np
 import pyarrow as pa
 
 from sphere_assets.core.lazy import lazy_module
-from sphere_assets.core.metadata import figure_markdown, new_figure, preview_markdown, row_metadata
+from sphere_assets.core.metadata import (
+    figure_markdown,
+    new_figure,
+    picture_key,
+    preview_markdown,
+    row_metadata,
+)
 from sphere_assets.patching.contract import BLT_PATCHES, ENTROPY_MODEL, PATCH_EMBEDDINGS
 
 # torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
@@ -81,6 +87,9 @@ def blt_patches_metadata(
     previews = [s["preview"] for s in stats if s["preview"] is not None]
     label = ",".join(s["key"] for s in stats)
     metadata = {
+        picture_key("patch length histogram"): histogram_markdown(
+            lengths, f"blt_patches shard {label}"
+        ),
         **row_metadata(BLT_PATCHES, n_patches),
         "threshold_nats": round(calibration.threshold, 6),
         "mode": config.mode,
@@ -113,7 +122,6 @@ def blt_patches_metadata(
             / max(seconds * run.workers, 1e-9),
             3,
         ),
-        "length_histogram": histogram_markdown(lengths, f"blt_patches shard {label}"),
         "model_sha256": model_sha,
         "device": device,
         "path": dg.MetadataValue.path(path),

@@ -170,6 +170,19 @@ def read_shell_model(store: Warehouse, key: str) -> dict[str, str]:
     return meta
 
 
+def stored_shell_targets(store: Warehouse, key: str) -> tuple[wf.WaterfillConfig, np.ndarray]:
+    """(the water-filling config partition ``key`` was placed with, its per-shell targets)."""
+    meta = read_shell_model(store, key)
+    cfg = wf.WaterfillConfig(
+        n_shells=int(meta["n_shells"]),
+        r_min=float(meta["r_min"]),
+        r_max=float(meta["r_max"]),
+        kappa=float(meta["kappa"]),
+    )
+    _, targets = wf.shell_targets(int(read_shells(store, key).size), cfg)
+    return cfg, targets
+
+
 def read_shells(store: Warehouse, key: str) -> np.ndarray:
     """The ``shell`` column of partition ``key``."""
     return store.read_table(SHELL_PLACEMENTS.name, key, ["shell"]).column("shell").to_numpy()

@@ -10,6 +10,7 @@ from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import (
     figure_markdown,
     new_figure,
+    picture_key,
     preview_markdown,
     row_metadata,
 )
@@ -144,13 +145,22 @@ def materialization_metadata(
     devices_used: int,
     path,
 ) -> dict:
-    """Everything the shell_placements materialization shows in the UI (all shards of the run)."""
+    """Everything the shell_placements materialization shows in the UI (the shards of
+    ``summaries``: one per partition's materialization). The pictures come first."""
     n = sum(s["points"] for s in summaries)
     counts = np.sum([p.counts for p in placements], axis=0)
     targets = np.sum([p.targets for p in placements], axis=0)
     whole = balance_report(counts, targets)
     first = placements[0]
+    label = ",".join(s["shard"] for s in summaries)
     metadata = {
+        picture_key("shell occupancy vs capacity"): figure_markdown(
+            occupancy_figure(counts, targets), f"occupancy vs capacity per shell, shard {label}"
+        ),
+        picture_key("points on the sphere (Mollweide, by shell)"): figure_markdown(
+            mollweide_figure(first, plot_sample),
+            f"Mollweide projection of shard {summaries[0]['shard']}, coloured by shell",
+        ),
         **row_metadata(SHELL_PLACEMENTS, n),
         "method": method,
         "shards": ",".join(s["shard"] for s in summaries),
@@ -172,13 +182,6 @@ def materialization_metadata(
         "recall_at_10_projection": _mean(summaries, "recall_at_10_projection"),
         "recall_at_10_random": _mean(summaries, "recall_at_10_random"),
         "lvm_windows": sum(s["lvm_windows"] for s in summaries),
-        "occupancy_vs_capacity": figure_markdown(
-            occupancy_figure(counts, targets), "occupancy vs capacity per shell"
-        ),
-        "mollweide": figure_markdown(
-            mollweide_figure(first, plot_sample),
-            f"Mollweide projection of shard {summaries[0]['shard']}, coloured by shell",
-        ),
         "preview": preview_markdown(
             first_table, ["article_id", "patch_index", "shell", "r", "theta", "phi"]
         ),

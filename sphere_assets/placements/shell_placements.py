@@ -12,11 +12,13 @@ balanced whole. The SH basis comes from the ``sh_basis`` partition ``L = SPHERE_
 
 import os
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import partition_results
 from sphere_assets.core.partitions import (
@@ -87,7 +89,9 @@ class ShellPlacementsConfig(dg.Config):
     recall_queries: int = Field(256, description="query rows for the neighbourhood recall")
     lvm_window: int = Field(5, description="LVM export: patches per input window")
     librarian_max_len: int = Field(0, description="Librarian export: bytes kept (0 = longest)")
-    plot_sample: int = Field(20000, description="points drawn in the Mollweide picture")
+    plot_sample: int = Field(
+        4000, description="points drawn in the Mollweide picture (each adds to its PNG size)"
+    )
 
 
 def place_rows(
@@ -198,13 +202,7 @@ def balance_problems(store: Warehouse, keys: list[str]) -> tuple[list[str], int]
     for key in keys:
         meta = io.read_shell_model(store, key)
         shells = io.read_shells(store, key)
-        cfg = wf.WaterfillConfig(
-            n_shells=int(meta["n_shells"]),
-            r_min=float(meta["r_min"]),
-            r_max=float(meta["r_max"]),
-            kappa=float(meta["kappa"]),
-        )
-        _, targets = wf.shell_targets(shells.size, cfg)
+        cfg, targets = io.stored_shell_targets(store, key)
         if shells.size and (shells.min() < 0 or shells.max() >= cfg.n_shells):
             problems.append(f"shard {key}: shell index outside [0, {cfg.n_shells})")
             continue
@@ -251,44 +249,44 @@ def coordinate_problems(store: Warehouse, keys: list[str]) -> tuple[list[str], i
     return problems, rows
 
 
-def _check_result(keys: list[str], problems: list[str], **values) -> dg.AssetCheckResult:
+def _check_result(key: str, problems: list[str], **values) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        passed=bool(keys) and not problems,
-        metadata={
-            "partitions": ",".join(keys) or "-",
-            **values,
-            "problems": "; ".join(problems) or ("-" if keys else "no partitions on disk"),
-        },
+        passed=not problems,
+        metadata={"partitions": key, **values, "problems": "; ".join(problems) or "-"},
     )
 
 
-@dg.asset_check(
+@shard_check(
     asset=shell_placements,
-    description="Balance: in every shard every shell holds its largest-remainder target within "
+    description="Balance, per shard: in every shard every shell holds its largest-remainder target within "
     "max(1, 1% of the target) points (targets rebuilt from the stored shell model and N).",
     blocking=True,
 )
 def shell_placements_balanced(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, SHELL_PLACEMENTS.name)
-    problems, worst = balance_problems(store, keys)
-    return _check_result(keys, problems, max_abs_deviation=worst)
+    results = {}
+    for key in partitions_in_scope(context, store, SHELL_PLACEMENTS.name):
+        problems, worst = balance_problems(store, [key])
+        results[key] = _check_result(key, problems, max_abs_deviation=worst)
+    yield from partition_check_results(context, results)
 
 
-@dg.asset_check(
+@shard_check(
     asset=shell_placements,
     additional_deps=[patch_embeddings],
-    description="Coordinates are finite, r in [r_min, r_max], theta in [0, pi], phi in "
+    description="Per shard: coordinates are finite, r in [r_min, r_max], theta in [0, pi], phi in "
     "[0, 2 pi), (x, y, z) = r (sin theta cos phi, sin theta sin phi, cos theta), and the row "
     "count equals the patch_embeddings row count.",
     blocking=True,
 )
 def shell_placements_coordinates_valid(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = partitions_in_scope(context, store, SHELL_PLACEMENTS.name)
-    problems, rows = coordinate_problems(store, keys)
-    return _check_result(keys, problems, rows=rows)
+    results = {}
+    for key in partitions_in_scope(context, store, SHELL_PLACEMENTS.name):
+        problems, rows = coordinate_problems(store, [key])
+        results[key] = _check_result(key, problems, rows=rows)
+    yield from partition_check_results(context, results)

@@ -17,13 +17,33 @@ asset family module only declares its assets; it does not have to know about aut
     ``since_last_handled`` makes the many shard updates of one backfill a single request;
   - nothing is requested while a parent is missing (``~any_deps_missing``);
   - **fan-in refinement**: when a parent ``P`` also reaches the asset through another automated
-    parent ``Q`` (``raw_articles → entropy_model → blt_patches`` next to
-    ``raw_articles → blt_patches``), updates of ``P`` are ignored by this asset: they arrive
-    through ``Q`` once ``Q`` was rebuilt. Without it a changed shard would run the shard chain
-    twice (once right away, once after the retrained model) and every merge below it twice.
+    parent ``Q`` (``blt_patches → ngram_index → adjacency`` next to ``blt_patches →
+    adjacency``), updates of ``P`` are ignored by this asset: they arrive through ``Q`` once
+    ``Q`` was rebuilt. Without it a changed shard would run ``adjacency`` twice (once right
+    away, once after ``ngram_index``) and every merge below it twice.
 
   Root assets (``raw_articles``, ``sh_basis``) get no condition: they are driven by the
   incoming-files sensor, the nightly schedule, or by hand.
+
+* **global fitted models** (``FITTED_MODELS``: ``entropy_model``) get :func:`fitted_model_condition`
+  instead of ``eager()``: refit when missing, when their ``code_version`` changed, or on request
+  (a run launched by hand) — never because one upstream shard changed. Retraining the model on
+  every shard update would re-patch *every* shard and every merge below it; a changed shard is
+  instead patched with the current model, so its descendants and the merges that read it run
+  once. Because the model is no longer rebuilt by upstream updates, it does not count as a path
+  in the fan-in refinement (``blt_patches`` follows ``raw_articles`` directly).
+
+* **code versions** — every asset in ``code_versions.CODE_VERSIONS`` gets that ``code_version``
+  (the one place they are set; ``tests/layout/test_code_versions.py`` keeps them honest).
+
+* **table names** — every asset with a DuckDB view (a Parquet contract, see
+  ``sphere_resources/duckdb_catalog.py``) gets ``dagster/table_name`` = ``<db>.main.<asset>``,
+  ``<db>`` being the catalog file's stem as DuckDB names the attached database (``sphere`` for
+  the default ``data/sphere.duckdb``; ``SPHERE_CATALOG`` when set).
+
+* **source code** — :func:`with_code_references` (applied after ``apply_orchestration`` in
+  ``definitions.py``) links every asset to the file and line of its compute function, or into
+  the hosted repository when ``SPHERE_GIT_URL`` is set.
 
 * **catalog metadata** — an asset without ``dagster/column_schema`` metadata gets one from its
   data contract (``sphere_resources.contracts``): Parquet columns, or for tensor-only assets one
@@ -34,15 +54,43 @@ over all assets, running by default when the Dagster daemon runs; turn it off in
 Automation, or with ``dagster sensor stop sphere_automation``).
 """
 
+import os
+import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import dagster as dg
 
 from sphere_assets.core.metadata import column_schema
-from sphere_resources.contracts import CONTRACTS
+from sphere_assets.refresh.code_versions import CODE_VERSIONS
+from sphere_resources.contracts import CONTRACTS, DEFAULT_CATALOG_PATH
 
 AUTOMATION_SENSOR_NAME = "sphere_automation"
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
+TABLE_NAME_KEY = "dagster/table_name"
+# global fitted models: refit when missing / code version changed / by hand (see module doc)
+FITTED_MODELS = frozenset({"entropy_model"})
+EAGER_LABEL = "eager: after an upstream update, once per changed partition"
+FITTED_LABEL = "fitted model: refit when missing or its code version changed, or by hand"
+
+
+def fitted_model_condition() -> dg.AutomationCondition:
+    """Missing (unless its latest run failed: then by hand) or code version changed (held until
+    handled), all parents present and idle.
+
+    Upstream updates are deliberately not part of it: a shard update must not retrain the model.
+    ``missing`` is a level, not ``newly_missing``: a model that was never built (a fresh
+    deployment) is missing from the first evaluation on, which ``newly_missing`` never sees;
+    ``~execution_failed`` keeps a failing fit from being retried every tick.
+    """
+    missing = dg.AutomationCondition.missing() & ~dg.AutomationCondition.execution_failed()
+    changed = dg.AutomationCondition.code_version_changed().since_last_handled()
+    return (
+        (missing.with_label("missing") | changed.with_label("code version changed"))
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(FITTED_LABEL)
 
 
 def downstream_condition(ignore_updates_of: Iterable[dg.AssetKey] = ()) -> dg.AutomationCondition:
@@ -50,7 +98,7 @@ def downstream_condition(ignore_updates_of: Iterable[dg.AssetKey] = ()) -> dg.Au
     progress — with updates of ``ignore_updates_of`` not counted (see the fan-in refinement)."""
     ignore = sorted(set(ignore_updates_of), key=lambda k: k.to_user_string())
     if not ignore:
-        return dg.AutomationCondition.eager()
+        return dg.AutomationCondition.eager().with_label(EAGER_LABEL)
     updated = dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets(*ignore))
     names = ", ".join(k.to_user_string() for k in ignore)
     return (
@@ -59,7 +107,7 @@ def downstream_condition(ignore_updates_of: Iterable[dg.AssetKey] = ()) -> dg.Au
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
-    ).with_label(f"eager, updates of {names} arrive through other parents")
+    ).with_label(f"{EAGER_LABEL}; updates of {names} arrive through other parents")
 
 
 def fan_in_ignores(
@@ -97,14 +145,54 @@ def contract_column_schema(asset_name: str) -> dg.TableSchema | None:
     return column_schema(contract) if contract is not None else None
 
 
-def _with_defaults(spec: dg.AssetSpec, ignores: dict) -> dg.AssetSpec:
+def catalog_database(catalog_path: str | None = None) -> str:
+    """The name DuckDB gives the catalog file when it is opened: its file stem."""
+    path = catalog_path or os.environ.get("SPHERE_CATALOG") or DEFAULT_CATALOG_PATH
+    return Path(path).stem
+
+
+def duckdb_table_name(asset_name: str, database: str) -> str | None:
+    """``<db>.main.<asset>`` for an asset the DuckDB catalog makes a view of, else None."""
+    contract = CONTRACTS.get(asset_name)
+    if contract is None or not contract.has_rows:
+        return None
+    return f"{database}.main.{asset_name}"
+
+
+def _code_version(spec: dg.AssetSpec) -> str | None:
+    name = spec.key.path[-1]
+    version = CODE_VERSIONS.get(name)
+    if version is not None and spec.code_version not in (None, version):
+        raise ValueError(
+            f"asset {name}: code_version {spec.code_version!r} set on the asset and {version!r} in "
+            "sphere_assets/refresh/code_versions.py; set it only there"
+        )
+    return version if version is not None else spec.code_version
+
+
+def _with_defaults(spec: dg.AssetSpec, ignores: dict, database: str) -> dg.AssetSpec:
+    name = spec.key.path[-1]
     changes = {}
     if spec.automation_condition is None and spec.deps:
-        changes["automation_condition"] = downstream_condition(ignores.get(spec.key, ()))
-    if COLUMN_SCHEMA_KEY not in (spec.metadata or {}):
-        schema = contract_column_schema(spec.key.path[-1])
+        changes["automation_condition"] = (
+            fitted_model_condition()
+            if name in FITTED_MODELS
+            else downstream_condition(ignores.get(spec.key, ()))
+        )
+    version = _code_version(spec)
+    if version != spec.code_version:
+        changes["code_version"] = version
+    metadata = spec.metadata or {}
+    extra = {}
+    if COLUMN_SCHEMA_KEY not in metadata:
+        schema = contract_column_schema(name)
         if schema is not None:
-            spec = spec.merge_attributes(metadata={COLUMN_SCHEMA_KEY: schema})
+            extra[COLUMN_SCHEMA_KEY] = schema
+    table_name = duckdb_table_name(name, database)
+    if table_name is not None and TABLE_NAME_KEY not in metadata:
+        extra[TABLE_NAME_KEY] = table_name
+    if extra:
+        spec = spec.merge_attributes(metadata=extra)
     return spec.replace_attributes(**changes) if changes else spec
 
 
@@ -116,11 +204,17 @@ def apply_orchestration(assets: Iterable) -> list:
     assets = list(assets)
     specs = [s for a in assets if isinstance(a, dg.AssetsDefinition) for s in a.specs]
     parents = {s.key: {d.asset_key for d in s.deps} for s in specs}
-    # assets that will carry the default condition (have parents, declare none themselves)
-    automated = {s.key for s in specs if s.deps and s.automation_condition is None}
+    # assets that will carry the eager default (have parents, declare none themselves, are not
+    # fitted models — those are not rebuilt by upstream updates, so no update travels through them)
+    automated = {
+        s.key
+        for s in specs
+        if s.deps and s.automation_condition is None and s.key.path[-1] not in FITTED_MODELS
+    }
     ignores = fan_in_ignores(parents, automated)
+    database = catalog_database()
     return [
-        a.map_asset_specs(lambda spec: _with_defaults(spec, ignores))
+        a.map_asset_specs(lambda spec: _with_defaults(spec, ignores, database))
         if isinstance(a, dg.AssetsDefinition)
         else a
         for a in assets
@@ -139,8 +233,38 @@ def automation_sensor(
         run_tags={"sphere/trigger": "automation", **(run_tags or {})},
         description=(
             "Declarative automation: shard assets follow their upstream shards, global merges run "
-            "once after their shards (see sphere_assets/refresh/automation.py)."
+            "once after their shards; global fitted models (entropy_model) refit only when "
+            "missing or their code version changed (see sphere_assets/refresh/automation.py)."
         ),
+    )
+
+
+def with_code_references(assets: Sequence, git_url: str | None = None, branch: str = "main"):
+    """Source-code links for every asset (the UI's "Code" entry): the local file and line of its
+    compute function; with ``git_url`` (``SPHERE_GIT_URL``,
+    branch ``SPHERE_GIT_BRANCH``) they become links into the hosted repository."""
+    with warnings.catch_warnings():  # beta API: its warnings would reach every CLI command
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        assets = dg.with_source_code_references(list(assets))
+    git_url = git_url if git_url is not None else os.environ.get("SPHERE_GIT_URL", "")
+    if not git_url:
+        return list(assets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _linked(assets, git_url, branch)
+
+
+def _linked(assets: list, git_url: str, branch: str) -> list:
+    return list(
+        dg.link_code_references_to_git(
+            assets,
+            git_url=git_url,
+            git_branch=os.environ.get("SPHERE_GIT_BRANCH", branch),
+            file_path_mapping=dg.AnchorBasedFilePathMapping(
+                local_file_anchor=Path(__file__).resolve().parents[2],
+                file_anchor_path_in_repository="",
+            ),
+        )
     )
 
 

@@ -31,8 +31,9 @@ Executor: ``SPHERE_EXECUTOR`` picks it for every job launched through the instan
 schedules, sensors) — unset/``multiprocess`` = Dagster's default multiprocess executor,
 ``in_process``, or ``celery`` = ``dagster_celery.celery_executor`` with the broker from
 ``SPHERE_CELERY_BROKER`` (default ``pyamqp://guest:guest@127.0.0.1:5672//``), steps sent to the
-queue ``SPHERE_CELERY_QUEUE`` (default ``dagster``). ``execute_in_process``
-(``sphere materialize-all``, tests) always runs in process.
+queue ``SPHERE_CELERY_QUEUE`` (default ``dagster``). ``sphere materialize-all`` launches these jobs
+through the instance too (refresh/materialize.py); ``execute_in_process`` (tests) always runs
+in process.
 """
 
 import os
@@ -60,6 +61,17 @@ def partitions_label(pdef: dg.PartitionsDefinition | None) -> str:
     if pdef == band_limit_partitions:
         return "L"
     return getattr(pdef, "name", None) or type(pdef).__name__
+
+
+def partitions_phrase(label: str) -> str:
+    """How a job description names a partitions label: ``global`` assets have no partitions,
+    so they are "unpartitioned", never "global partitions"."""
+    phrases = {
+        "global": "unpartitioned",
+        "shards": "shard partitions",
+        "L": "band-limit partitions",
+    }
+    return phrases.get(label, f"{label} partitions")
 
 
 def asset_specs(assets: Iterable) -> list[dg.AssetSpec]:
@@ -101,7 +113,7 @@ def family_jobs(assets: Iterable) -> list:
                 _job(
                     name,
                     labels[label],
-                    f"Family '{group}' ({label} partitions): {names}.",
+                    f"Family '{group}' ({partitions_phrase(label)}): {names}.",
                     {"family": group, "partitions": label},
                 )
             )
@@ -111,7 +123,9 @@ def family_jobs(assets: Iterable) -> list:
                 _job(
                     name,
                     by_label[label],
-                    f"Every {label} asset of the code location.",
+                    f"Every asset of the code location with {partitions_phrase(label)}."
+                    if label != "global"
+                    else "Every unpartitioned asset of the code location.",
                     {"family": "all", "partitions": label},
                 )
             )

@@ -242,15 +242,23 @@ def downstream_probe(context: dg.AssetExecutionContext) -> None:
     context.log.info("ran")
 
 
-def test_failing_blocking_check_blocks_downstream(resources):
+def test_failing_blocking_check_blocks_downstream(resources, monkeypatch):
     check = ingest.raw_articles_ids_unique_and_sharded
     assert any(spec.blocking for spec in check.check_specs)
     store = resources["warehouse"].store()
+    real_write_shards = ingest.write_shards
 
-    # plant a row in the wrong shard, as a buggy writer would
-    bad_id = next(f"x{i}" for i in range(100) if shard_of(f"x{i}", len(shard_keys())) != 1)
-    with store.partition_writer("raw_articles", "1") as w:
-        w.write_table(rows_to_table([ArticleRow(bad_id, "t", "text", "test", 4, None)]))
+    def buggy_write_shards(*args, **kwargs):
+        """The real writer, then a row that hashes to another shard appended to shard 0."""
+        result = real_write_shards(*args, **kwargs)
+        table = store.read_table("raw_articles", "0")
+        bad_id = next(f"x{i}" for i in range(100) if shard_of(f"x{i}", len(shard_keys())) != 0)
+        bad = rows_to_table([ArticleRow(bad_id, "t", "text", "test", 4, None)])
+        with store.partition_writer("raw_articles", "0") as w:
+            w.write_table(pa.concat_tables([table, bad.cast(table.schema)]))
+        return result
+
+    monkeypatch.setattr(ingest, "write_shards", buggy_write_shards)
     res = dg.materialize(
         [ingest.raw_articles, check, downstream_probe],
         partition_key="0",
@@ -259,13 +267,12 @@ def test_failing_blocking_check_blocks_downstream(resources):
     )
     assert not res.success
     evals = res.get_asset_check_evaluations()
-    assert [e.passed for e in evals] == [False]
+    assert [(e.partition, e.passed) for e in evals] == [("0", False)]
+    assert evals[0].metadata["rows_in_wrong_shard"].value == 1
     assert res.asset_materializations_for_node("raw_articles")
     assert not res.asset_materializations_for_node("downstream_probe")
-    # once the data is fixed, the same run goes through
-    import shutil
-
-    shutil.rmtree(resources["warehouse"].partition_dir("raw_articles", "1"))
+    # once the writer is fixed, the same run goes through
+    monkeypatch.setattr(ingest, "write_shards", real_write_shards)
     res = dg.materialize(
         [ingest.raw_articles, check, downstream_probe], partition_key="0", resources=resources
     )

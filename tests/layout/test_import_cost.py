@@ -1,6 +1,7 @@
 """Loading the code location (every Dagster step and check subprocess does it) imports no
 torch and no JAX: those load inside the asset bodies that use them (sphere_assets/core/lazy.py).
-The time and memory are measured by bench/code_location.py."""
+Nor numba (the sketch kernels load on their first call), DuckDB, psycopg or scipy (imported in
+the functions that use them). The time and memory are measured by bench/code_location.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "jax", "jaxlib", "thrml", "equinox", "matplotlib")
+# deferred as well: together ~0.6 s and ~80 MB of every step process
+DEFERRED = ("numba", "llvmlite", "duckdb", "psycopg", "scipy")
 
 PROBE = f"""
 import json, sys
@@ -23,6 +26,35 @@ def test_code_location_loads_without_torch_or_jax():
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_code_location_loads_without_numba_duckdb_psycopg_or_scipy():
+    probe = PROBE.replace(repr(HEAVY), repr(DEFERRED))
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_sketch_kernels_load_numba_on_first_call_and_hash_like_mmh3():
+    """The deferred kernels are the compiled ones: numba appears only at the first call, and the
+    hashes equal the mmh3 C extension's."""
+    probe = (
+        "import sys, mmh3, numpy as np\n"
+        "from sphere_assets.lib.sketch import hllset as hs, ngrams as ng\n"
+        "assert 'numba' not in sys.modules\n"
+        "keys = [b'', b'a', b'patch', b'x' * 37]\n"
+        "data = np.frombuffer(b''.join(keys), dtype=np.uint8)\n"
+        "offsets = np.cumsum([0] + [len(k) for k in keys])\n"
+        "got = hs.hash64_buffer(data, offsets).tolist()\n"
+        "assert 'numba' in sys.modules\n"
+        "want = [mmh3.hash64(k, seed=0, signed=False)[0] for k in keys]\n"
+        "assert got == want, (got, want)\n"
+        "assert type(ng.kk).__name__ == 'DeferredModule'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
 
 
 def test_deferred_module_imports_on_first_use():

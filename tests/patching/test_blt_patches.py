@@ -39,7 +39,8 @@ def test_blt_patches_rows_reassemble_and_metadata(pipeline):
             sum(meta[f"bucket/{b}"] for b in ("<=4", "5-12", "13-24", "25-48", "49-127", ">=128"))
             == meta["patches"]
         )
-        assert meta["length_histogram"].startswith("![") and "base64," in meta["length_histogram"]
+        hist = meta["picture: patch length histogram"]
+        assert hist.startswith("![") and "base64," in hist
         assert meta["bytes_per_second"] > 0
 
         table = pq.read_table(root / "blt_patches" / f"shard={key}" / "part-0.parquet")

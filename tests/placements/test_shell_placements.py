@@ -157,8 +157,8 @@ def test_lateral_partition_files_checks_and_determinism(resources, upstream):
     assert meta["dagster/row_count"] == n and meta["balanced_every_shard"] is True
     assert meta["points_per_s"] > 0 and meta["jax/platform"] == "cpu"
     assert meta["recall_at_10_projection"] > meta["recall_at_10_random"]
-    assert "data:image/png;base64" in meta["occupancy_vs_capacity"]
-    assert "data:image/png;base64" in meta["mollweide"]
+    assert "data:image/png;base64" in meta["picture: shell occupancy vs capacity"]
+    assert "data:image/png;base64" in meta["picture: points on the sphere (Mollweide, by shell)"]
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
     assert set(checks) == {"shell_placements_balanced", "shell_placements_coordinates_valid"}
     assert all(e.passed for e in checks.values())

@@ -61,6 +61,20 @@ def test_family_jobs_cover_every_asset_with_retries_and_one_partitions_definitio
     assert sorted(staged, key=lambda k: k.to_user_string()) == ASSET_KEYS
 
 
+def test_job_descriptions_name_unpartitioned_assets_so():
+    for job in defs.jobs:
+        keys = defs.resolve_job_def(job.name).asset_layer.selected_asset_keys
+        description = job.description
+        assert "global partitions" not in description, (job.name, description)
+        if all(GRAPH.get(k).partitions_def is None for k in keys):
+            assert "unpartitioned" in description, (job.name, description)
+        else:
+            assert "unpartitioned" not in description, (job.name, description)
+    assert defs.get_job_def("global_job").description == (
+        "Every unpartitioned asset of the code location."
+    )
+
+
 def test_executor_follows_sphere_executor(monkeypatch):
     monkeypatch.delenv("SPHERE_EXECUTOR", raising=False)
     assert jobs.executor_from_env() is None

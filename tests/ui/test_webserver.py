@@ -7,37 +7,19 @@ through ``launchRun`` (the UI's "Materialize" button does the same), polls the r
 checks the partition on disk and in the UI's partition status, and stops the server.
 """
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from sphere_assets.definitions import defs
+from tests.ui.webserver import INSTANCE_YAML, LOCATION, REPOSITORY, dagster_webserver, wait_for
 
 # a real web server: left out of `make test-fast`
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-LOCATION = "sphere"
-REPOSITORY = "__repository__"
 
-# Launched runs start right away: the queued coordinator of the repo's dagster.yaml needs the
-# daemon, which this test does not run.
-INSTANCE_YAML = """\
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: DefaultRunCoordinator
-"""
 
 ASSET_NODES = """
 query {
@@ -47,21 +29,6 @@ query {
     description
     isPartitioned
     partitionKeysByDimension { name partitionKeys }
-  }
-}
-"""
-
-LOCATION_STATUS = """
-query {
-  workspaceOrError {
-    __typename
-    ... on Workspace {
-      locationEntries {
-        name
-        loadStatus
-        locationOrLoadError { __typename ... on PythonError { message } }
-      }
-    }
   }
 }
 """
@@ -97,47 +64,6 @@ query {
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Client:
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.base + path, timeout=10) as resp:
-            return resp.status, resp.read()
-
-    def gql(self, query: str, variables: dict | None = None) -> dict:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        req = urllib.request.Request(
-            self.base + "/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            out = json.loads(resp.read())
-        assert "errors" not in out, out["errors"]
-        return out["data"]
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"dagster-webserver exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            last = predicate()
-            if last:
-                return last
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-            last = exc
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what} (last: {last}):\n{log.read_text()[-4000:]}")
-
-
 @pytest.fixture
 def webserver(tmp_path):
     home = tmp_path / "dagster_home"
@@ -153,47 +79,9 @@ def webserver(tmp_path):
         env.pop(name, None)
     # the run worker executes its step itself: one interpreter start-up less on a 2-core CI box
     env["SPHERE_EXECUTOR"] = "in_process"
-    port = free_port()
     log = tmp_path / "webserver.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "dagster-webserver"),
-                "-w",
-                "workspace.yaml",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its code server and run workers share the group
-        )
-    client = Client(port)
-    try:
-        wait_for(lambda: client.get("/server_info")[0] == 200, 120, "/server_info", proc, log)
-
-        def location_loaded():
-            entries = client.gql(LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
-            entry = next(e for e in entries if e["name"] == LOCATION)
-            if entry["loadStatus"] != "LOADED":
-                return None
-            loaded = entry["locationOrLoadError"]
-            assert loaded["__typename"] == "RepositoryLocation", loaded
-            return True
-
-        wait_for(location_loaded, 180, "the code location", proc, log)
+    with dagster_webserver(env, log) as (client, proc):
         yield client, tmp_path, proc, log
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 @pytest.mark.timeout(420)

@@ -46,8 +46,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sphere_assets.core.lazy import lazy_module
 from sphere_assets.lib.sketch import hllset as hs
-from sphere_assets.lib.sketch import key_kernels as kk
+
+kk = lazy_module("sphere_assets.lib.sketch.key_kernels")  # numba on first use (see hllset)
 
 START = b"_START_"
 END = b"_END_"

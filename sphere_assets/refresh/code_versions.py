@@ -1,0 +1,38 @@
+"""Every asset's ``code_version``, in one place (applied by ``automation.apply_orchestration``).
+
+Dagster marks an asset *stale* ("code version changed") when its definition's code version differs
+from the one recorded on its latest materialization, and ``entropy_model``'s automation condition
+refits it when its code version changes. So a version must change whenever the asset's logic
+does: its asset module, its family's ``io.py`` / ``report.py`` / ``contract.py`` and the
+``sphere_assets.lib`` modules those import (directly, lazily, or through other lib modules).
+
+Kept honest by ``tests/layout/test_code_versions.py``: ``tests/layout/code_versions.json`` records
+each asset's version with the sha256 of those files; when a file changes and the version here
+does not, the test fails. Then bump the asset's version below and refresh the lock with
+``python -m tests.layout.code_versions --update`` (which refuses to record new hashes for an
+asset whose version was not bumped).
+
+Versions are plain strings; bump them as ``"1"`` → ``"2"``.
+"""
+
+CODE_VERSIONS: dict[str, str] = {
+    # ingest
+    "raw_articles": "1",
+    # harmonics
+    "sh_basis": "1",
+    # patching
+    "entropy_model": "2",
+    "blt_patches": "2",
+    "patch_embeddings": "2",
+    # ngrams
+    "ngram_index": "1",
+    "ngram_vocabulary": "1",
+    "article_hllsets": "1",
+    "adjacency": "1",
+    "adjacency_merged": "1",
+    # placements
+    "shell_placements": "3",
+    # catalog
+    "duckdb_catalog": "1",
+    "postgres_catalog": "1",
+}

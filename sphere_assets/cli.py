@@ -6,6 +6,8 @@ sphere plan                       print the stages materialize-all would run
 sphere dead-runs                  mark runs whose process is gone failed, free their pool slots
 sphere hll compare A B            |A∖B|, |B∖A|, |A∩B|, Jaccard, τ, ρ of two HLLSets (± s.e.)
 sphere restore --article ID       restore patch orderings from an HLLSet (--text, --file)
+sphere query --text "..."         stored patches / articles most similar to a text (--article ID --patch N)
+sphere cone --theta T --phi P --aperture A   every point within A degrees of a direction (--shells a:b)
 
 Paths come from $SPHERE_WAREHOUSE, $SPHERE_CATALOG and $DAGSTER_HOME when set, else from the
 project (the directory holding pyproject.toml and data/), never from the current directory;
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     from sphere_assets.ngrams.hll_compare_cli import add_hll_parser
 
     add_hll_parser(sub)
+    from sphere_assets.navigate.cli import add_navigate_parsers
+
+    add_navigate_parsers(sub)  # query, cone
     args = parser.parse_args(argv)
     if args.cmd == "materialize-all":
         for line in PROJECT.describe("SPHERE_WAREHOUSE", "SPHERE_CATALOG", "DAGSTER_HOME"):

@@ -4,6 +4,7 @@ by asset name)."""
 
 from sphere_assets.harmonics import contract as harmonics_contract
 from sphere_assets.ingest import contract as ingest_contract
+from sphere_assets.navigate import contract as navigate_contract
 from sphere_assets.ngrams import contract as ngrams_contract
 from sphere_assets.patching import contract as patching_contract
 from sphere_assets.placements import contract as placements_contract
@@ -15,5 +16,6 @@ FAMILY_CONTRACTS = (
     harmonics_contract,
     ngrams_contract,
     placements_contract,
+    navigate_contract,
 )
 __all__ = ["CONTRACTS", "FAMILY_CONTRACTS"]

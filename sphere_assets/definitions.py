@@ -16,6 +16,7 @@ from sphere_assets.catalog import defs as catalog
 from sphere_assets.catalog.duckdb_catalog import DuckDBCatalogResource
 from sphere_assets.harmonics import defs as harmonics
 from sphere_assets.ingest import defs as ingest
+from sphere_assets.navigate import defs as navigate
 from sphere_assets.ngrams import defs as ngrams
 from sphere_assets.ngrams.settings import DEFAULT_MAX_ORDER, DEFAULT_SPAN_PATCHES, HllSetResource
 from sphere_assets.patching import defs as patching
@@ -37,7 +38,7 @@ def env_or(name: str, default, kind: str = "str"):
     return dg.EnvVar.int(name) if kind == "int" else dg.EnvVar(name)
 
 
-FAMILIES = (ingest, harmonics, patching, ngrams, placements)
+FAMILIES = (ingest, harmonics, patching, ngrams, placements, navigate)
 FAMILY_ASSETS: list = [a for family in FAMILIES for a in family.ASSETS]
 FAMILY_CHECKS: list = [c for family in FAMILIES for c in family.CHECKS]
 # duckdb_catalog over every Parquet asset; postgres_catalog only when SPHERE_POSTGRES_URL is set

@@ -285,6 +285,24 @@ class Warehouse:
                 raise
             self._swap(final, staging)
 
+    def remove_partition(self, asset: str, partition: str | None) -> bool:
+        """Delete a partition under its writer lock: it is first renamed out of the root into
+        staging (``<slot>.<uuid>.old``, cleaned like a crashed write's if this process dies), so
+        a reader sees it whole or not at all. Returns whether there was one."""
+        final = self.partition_dir(asset, partition)
+        with self._lock(asset, partition, self.lock_timeout_s):
+            if not os.path.lexists(final):
+                return False
+            gone = (
+                self.staging_root / asset / f"{self._slot(asset, partition)}.{uuid.uuid4().hex}.old"
+            )
+            gone.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(final, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            final.parent.rmdir()  # the asset's directory, when that was its last partition
+        return True
+
     def _seal(self, asset: str, partition: str | None, staging: Path) -> None:
         """Write the manifest of every file in ``staging`` (it is swapped in with them)."""
         files = [p for p in staging.iterdir() if p.is_file() and p.name != MANIFEST_NAME]

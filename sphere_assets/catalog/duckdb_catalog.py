@@ -8,6 +8,7 @@ from pydantic import Field
 
 from sphere_assets.catalog import report
 from sphere_assets.catalog.contract import DUCKDB_CATALOG_NAME
+from sphere_assets.catalog.navigate_sql import create_cone_macros
 from sphere_resources.contracts import CONTRACTS, DEFAULT_CATALOG_PATH
 from sphere_resources.duckdb_catalog import build_catalog, partition_gaps, view_row_counts
 from sphere_resources.warehouse import WarehouseResource
@@ -78,14 +79,14 @@ def build_catalog_asset(
     ) -> dg.MaterializeResult:
         names = [k.path[-1] for k in upstream]
         result = build_catalog(warehouse.root, catalog.path, names, expected_partitions(partitions))
+        macros = create_cone_macros(catalog.path, result["views"])  # SQL cone queries
         counts = view_row_counts(catalog.path, result["views"])
         if result["missing"]:
             context.log.warning(f"no Parquet files yet for {result['missing']}: no view for them")
         for warning in report.partition_warnings(result):
             context.log.warning(warning)
-        return dg.MaterializeResult(
-            metadata=report.duckdb_metadata(str(Path(catalog.path).resolve()), result, counts)
-        )
+        metadata = report.duckdb_metadata(str(Path(catalog.path).resolve()), result, counts)
+        return dg.MaterializeResult(metadata={**metadata, "macros": ", ".join(macros) or "-"})
 
     return duckdb_catalog
 

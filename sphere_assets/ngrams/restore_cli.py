@@ -8,8 +8,14 @@
                                                entropy_model in the warehouse); without a model
                                                the synthetic content patcher is used and the
                                                output says so
-Options: --k 5 --beam 16 --length N --max-uses U --no-context --warehouse DIR (default
-$SPHERE_WAREHOUSE or data/warehouse) --json
+Options: --k 5 --beam 16 --length N --max-uses U --no-context --open-ends --whole-article
+--warehouse DIR (default $SPHERE_WAREHOUSE or data/warehouse) --json
+
+Open ends: --text is a span that may start and end mid-article (a sentence copied from the
+middle of a document), so by default its orderings may start and end at any patch whose
+n-gram edges are validated, not only at the article's _START_/_END_ (its first and last
+patches, cut by the copy, are usually not the corpus' patches there); --whole-article restores
+it as a whole article.  --article and --file restore from _START_ to _END_ unless --open-ends.
 
 The span length (patches) is known for --article (the row's patch_count) and --text; give it
 with --length for --file.  With a length, only orderings of that many patches are returned and
@@ -69,6 +75,19 @@ def add_restore_parser(sub) -> None:
     p.add_argument(
         "--p", type=int, default=None, help="with --text: HLLSet precision (default: vocabulary's)"
     )
+    ends = p.add_mutually_exclusive_group()
+    ends.add_argument(
+        "--open-ends",
+        action="store_true",
+        default=None,
+        help="orderings may start/end inside the span (default for --text)",
+    )
+    ends.add_argument(
+        "--whole-article",
+        dest="open_ends",
+        action="store_false",
+        help="orderings run from the article's _START_ to its _END_ (default for --article/--file)",
+    )
     p.add_argument(
         "--warehouse", default=os.environ.get("SPHERE_WAREHOUSE", DEFAULT_WAREHOUSE_ROOT)
     )
@@ -123,7 +142,7 @@ def patch_text(text: str, store) -> tuple[list[bytes], str]:
 
         model, _, _ = patching_io.load_model(store)
         config = BltPatchesConfig()
-        calibration = calibrate(config, patching_io.load_heldout_segments(store))
+        calibration = calibrate(config, patching_io.load_calibration_segments(store)[0])
         res = pt.patch_article(model, data, calibration.threshold, config.mode, config.max_length())
         starts, lengths = res.byte_start.tolist(), res.byte_len.tolist()
         patches = [data[s : s + n] for s, n in zip(starts, lengths, strict=True)]
@@ -175,6 +194,7 @@ def run_restore(args) -> int:
             max_edge_uses=args.max_uses,
             length=length,
             use_context=not args.no_context,
+            open_ends=(args.text is not None) if args.open_ends is None else args.open_ends,
         )
     except ValueError as exc:
         print(f"sphere restore: {exc}", file=sys.stderr)
@@ -203,7 +223,8 @@ def run_restore(args) -> int:
     r = result.report
     print(
         f"source: {source}  (index loaded in {load_s:.2f}s, P={r.p}, length {r.length or '-'}, "
-        f"context order {r.context_order or 'off'})"
+        f"context order {r.context_order or 'off'}, "
+        f"{'open ends' if r.open_ends else '_START_ to _END_'})"
     )
     print(
         f"set bits {list(r.n_set_bits)}  candidates {list(r.n_candidates)}  cover {r.n_cover}  "

@@ -1,9 +1,31 @@
 """blt_patches (shard): BLT entropy patches of every article.
 
-θ is calibrated by bisection on entropy_model's held-out entropies to the target mean patch size
-(the same θ for every shard: same held-out text, same config), then every article of the shard
+θ is calibrated by bisection to the target mean patch size on entropy_model's calibration sample
+(byte windows drawn uniformly from every shard, ``lib.text.calibration_sample``; the same θ for
+every shard and every partition run), then every article of the shard
 is patched with BLT's rule (``sphere_assets.lib.text.patcher``), whole articles spread over
 worker processes for large runs (``lib.text.model_workers``).
+
+One model pass for blt_patches and patch_embeddings
+    The entropy model's forward pass is the pipeline's dominant cost, and both assets need it:
+    the patches need its entropies, the embeddings its hidden states pooled over those patches.
+    When patch_embeddings is materialized in the same run (``sphere materialize-all``, a job
+    over both; config ``share_forward_pass``), this step runs the model once per article
+    (``lib.text.shared_pass``: patches are decided while the chunks stream, so every hidden row
+    is pooled the moment it is computed) and leaves the per-patch vectors, prominence and
+    entropies in ``patch_forward_cache/shard=<k>`` (not an asset; Parquet through the storage
+    layer, ~60 bytes per article byte). patch_embeddings uses it when it matches (same model,
+    torch threads, chunk size and device; per article the same id, text sha256 and patch
+    lengths as blt_patches) and removes it; otherwise it runs the model itself, as before. The
+    outputs are byte-identical either way (tests/patching/test_shared_pass.py).
+
+    Why a cache and not one ``multi_asset`` step writing both: the two assets keep their own
+    definitions, configs (``ops: blt_patches / patch_embeddings``), checks, code versions and
+    per-partition metadata, and every existing reference to them (``deps=[blt_patches]`` in the
+    n-gram family, ``additional_deps=[patch_embeddings]`` in placements, tests, jobs, the
+    stage planner of ``materialize-all``) stays valid — a multi-asset cannot be passed as one
+    asset's dependency. Either asset can still be materialized alone. The cost is a write and a
+    read of the cache (~60 bytes per byte against a model pass of ~4 µs per byte).
 """
 
 import collections
@@ -24,7 +46,7 @@ from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.ingest.contract import RAW_ARTICLES
 from sphere_assets.ingest.raw_articles import raw_articles
 from sphere_assets.patching import io, report
-from sphere_assets.patching.contract import BLT_PATCHES
+from sphere_assets.patching.contract import BLT_PATCHES, PATCH_EMBEDDINGS
 from sphere_assets.patching.entropy_model import entropy_model
 from sphere_resources.contracts import ContractError
 from sphere_resources.warehouse import Warehouse, WarehouseResource
@@ -32,6 +54,7 @@ from sphere_resources.warehouse import Warehouse, WarehouseResource
 # torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
 mw = lazy_module("sphere_assets.lib.text.model_workers")
 pt = lazy_module("sphere_assets.lib.text.patcher")
+sp = lazy_module("sphere_assets.lib.text.shared_pass")
 
 MEAN_SIZE_TOLERANCE = 0.10
 
@@ -48,16 +71,22 @@ class BltPatchesConfig(dg.Config):
     workers: int = Field(
         0,
         description="worker processes, each with its own model copy and whole articles (0 = "
-        "one per available core when the run's shards hold >= 4 MB, else 1; 1 = this process)",
+        "one per available core when the run's shards hold >= 1.5 MB, else 1; 1 = this process)",
     )
     chunk_size: int = Field(0, description="tokens per inference chunk (0 = model default)")
+    share_forward_pass: bool | None = Field(
+        None,
+        description="also pool the patch vectors for patch_embeddings in this model pass (kept "
+        "in patch_forward_cache until patch_embeddings uses them); None = when patch_embeddings "
+        "is materialized in the same run",
+    )
 
     def max_length(self) -> int | None:
         return self.max_patch_length or None
 
 
 def calibrate(config: BltPatchesConfig, segments: list[np.ndarray]) -> "pt.Calibration":
-    """θ for ``config`` on the held-out entropy ``segments``: the fixed ``threshold`` (with the
+    """θ for ``config`` on the calibration entropy ``segments``: the fixed ``threshold`` (with the
     mean patch size it gives) or the bisection to ``target_mean_patch_bytes``."""
     if config.threshold is not None:
         n_bytes, n_patches = pt.count_patches(
@@ -85,9 +114,12 @@ def patch_shard(
     calibration: "pt.Calibration",
     config: BltPatchesConfig,
     run: "mw.ArticleRun",
+    cache_settings: dict | None = None,
 ) -> dict:
     """Patch every article of raw_articles/shard=key into blt_patches/shard=key; the shard's
-    statistics (articles, bytes, patches, lengths, seconds, a preview of its first rows)."""
+    statistics (articles, bytes, patches, lengths, seconds, a preview of its first rows). With
+    ``cache_settings`` the same model pass also pools the patch vectors into
+    patch_forward_cache/shard=key for patch_embeddings (see the module docstring)."""
     stats = {"key": key, "articles": 0, "bytes": 0, "patches": 0, "preview": None}
     lengths_all: list[np.ndarray] = []
     waiting_seconds = 0.0
@@ -101,27 +133,28 @@ def patch_shard(
 
     def tables() -> Iterator[pa.Table]:
         nonlocal waiting_seconds
-        results = mw.in_partition(
-            BLT_PATCHES.name,
-            key,
-            pt.patch_articles(
+        args = (calibration.threshold, config.mode, config.max_length(), config.chunk_size or None)
+        if cache_settings is None:
+            computed = pt.patch_articles(
                 model,
                 articles(),
-                calibration.threshold,
-                config.mode,
-                config.max_length(),
-                config.chunk_size or None,
+                *args,
                 workers=run.pool,
                 batch_bytes=run.batch_bytes,
                 keep_byte_entropy=False,  # blt_patches stores per-patch entropies only
-            ),
-        )
+            )
+        else:
+            computed = sp.patch_and_pool_articles(
+                model, articles(), *args, workers=run.pool, batch_bytes=run.batch_bytes
+            )
+        results = mw.in_partition(BLT_PATCHES.name, key, computed)
         while True:
             t_wait = time.perf_counter()
-            res = next(results, None)
+            shared = next(results, None)
             waiting_seconds += time.perf_counter() - t_wait
-            if res is None:
+            if shared is None:
                 return
+            res = shared if cache_settings is None else shared.patches
             article_id, data = in_flight.popleft()
             try:
                 pt.check_reassembly(data, res.byte_start, res.byte_len)
@@ -137,15 +170,49 @@ def patch_shard(
             stats["bytes"] += len(data)
             stats["patches"] += res.num_patches
             run.progress.advance(1, len(data))
-            yield table
+            if cache_settings is None:
+                yield table
+            else:
+                yield table, io.forward_cache_row(article_id, data, shared)
 
     t0 = time.perf_counter()
-    io.write_patches_shard(store, key, tables())
+    if cache_settings is None:
+        io.remove_forward_cache(store, key)  # a cache of an older version of the shard
+    io.write_patches_shard(store, key, tables(), cache_settings)
     stats["seconds"] = time.perf_counter() - t0
     # in this process: time inside the entropy model + patch rule
     stats["entropy_seconds"] = waiting_seconds
     stats["lengths"] = np.concatenate(lengths_all) if lengths_all else np.zeros(0, np.int64)
     return stats
+
+
+def calibration_sample_metadata(sample: dict[str, str]) -> dict:
+    """How representative θ's calibration sample is (entropy_model's calibration.safetensors):
+    articles, shards covered, windows, bytes, share of the corpus."""
+    keys = (
+        "calibration_articles",
+        "calibration_shards_covered",
+        "calibration_shards_whole",
+        "calibration_windows",
+        "calibration_corpus_bytes",
+        "calibration_share_of_corpus",
+    )
+    return {
+        f"calibration_sample/{k.removeprefix('calibration_')}": float(sample[k])
+        if "." in sample[k]
+        else int(sample[k])
+        for k in keys
+        if k in sample
+    }
+
+
+def embeddings_in_run(context: dg.AssetExecutionContext) -> bool:
+    """Whether patch_embeddings is materialized in this run (then blt_patches' model pass
+    pools its vectors too)."""
+    key = dg.AssetKey(PATCH_EMBEDDINGS.name)
+    # the run's selection (empty or None when the whole job runs), else the job's assets
+    selection = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    return key in selection
 
 
 def mean_size_check(config: BltPatchesConfig, stats: list[dict]) -> dg.AssetCheckResult:
@@ -190,7 +257,7 @@ def mean_size_check(config: BltPatchesConfig, stats: list[dict]) -> dg.AssetChec
     description=(
         "BLT entropy patches of each article (tokens [BOS]+bytes, entropies from entropy_model "
         "with full context, chunk by chunk; BLT's global or monotonic start rule, max patch "
-        "length). The threshold is calibrated by bisection on the model's held-out text to the "
+        "length). The threshold is calibrated by bisection, on byte windows sampled from every shard, to the "
         "target mean patch size (default 4.5 bytes). One row per patch; patches reassemble the "
         "article. Large runs spread whole articles over worker processes (config workers)."
     ),
@@ -201,30 +268,55 @@ def blt_patches(
     store = warehouse.store()
     model, _, model_sha = io.load_model(store, config.device)
     threads = model.config.num_threads if config.num_threads is None else config.num_threads
-    calibration = calibrate(config, io.load_heldout_segments(store))
+    segments, sample = io.load_calibration_segments(store)
+    calibration = calibrate(config, segments)
     context.log.info(
         f"blt_patches: θ = {calibration.threshold:.4f} nats ({config.mode}, max "
-        f"{config.max_length()}), held-out mean {calibration.achieved_mean_patch_bytes:.3f} bytes "
+        f"{config.max_length()}), calibration-sample mean {calibration.achieved_mean_patch_bytes:.3f} bytes "
         f"(target {config.target_mean_patch_bytes})"
     )
     keys = list(context.partition_keys)
     total_bytes = io.shard_bytes(store, RAW_ARTICLES.name, "n_bytes", keys)
+    device = str(next(model.parameters()).device)
+    share = config.share_forward_pass
+    if share is None:
+        share = embeddings_in_run(context)
+    cache_settings = (
+        io.forward_pass_settings(model_sha, threads, config.chunk_size, device, model.config.dim)
+        if share
+        else None
+    )
+    context.log.info(
+        "blt_patches: "
+        + (
+            "one model pass for blt_patches and patch_embeddings (patch_forward_cache)"
+            if share
+            else "model pass for blt_patches only"
+        )
+    )
     with mw.article_run(
         context.log.info, BLT_PATCHES.name, model, config.workers, threads, total_bytes
     ) as run:
-        stats = [patch_shard(store, key, model, calibration, config, run) for key in keys]
-    device = str(next(model.parameters()).device)
+        stats = [
+            patch_shard(store, key, model, calibration, config, run, cache_settings) for key in keys
+        ]
     yield partition_results(
         context,
         {
-            s["key"]: report.blt_patches_metadata(
-                config,
-                calibration,
-                [s],
-                run,
-                threads,
-                (model_sha, device, str(store.partition_dir(BLT_PATCHES.name, s["key"]))),
-            )
+            s["key"]: {
+                **report.blt_patches_metadata(
+                    config,
+                    calibration,
+                    [s],
+                    run,
+                    threads,
+                    (model_sha, device, str(store.partition_dir(BLT_PATCHES.name, s["key"]))),
+                ),
+                "forward_pass": "shared with patch_embeddings (patch_forward_cache)"
+                if share
+                else "blt_patches only",
+                **calibration_sample_metadata(sample),
+            }
             for s in stats
         },
     )

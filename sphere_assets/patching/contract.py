@@ -10,10 +10,15 @@ from sphere_resources.contracts import SHARD_DIM, AssetContract, TensorSpec, reg
 #                                           validated by lib.text.entropy_model.
 #                                           model_from_file_tensors, whose parameter names
 #                                           depend on n_layers)
-# <root>/entropy_model/heldout.safetensors  held-out token entropies for threshold calibration
+# <root>/entropy_model/heldout.safetensors  held-out token entropies (the model's own evaluation)
+# <root>/entropy_model/calibration.safetensors  token entropies of the θ-calibration sample
+#                                           (byte windows from every raw_articles shard)
 # <root>/entropy_model/part-0.parquet       one summary row
 # <root>/blt_patches/shard=<k>/part-0.parquet
 # <root>/patch_embeddings/shard=<k>/{embeddings.safetensors, blt_v3.safetensors, part-0.parquet}
+# <root>/patch_forward_cache/shard=<k>/{part-0.parquet, settings.json}   not an asset: what
+#                                           blt_patches' model pass leaves for patch_embeddings
+#                                           (removed by patch_embeddings once it has used it)
 
 BLT_PATCHES_SCHEMA = pa.schema(
     [
@@ -108,7 +113,14 @@ ENTROPY_MODEL = register(
             "heldout": {
                 "entropies": TensorSpec("float32", ("tokens",)),
                 "lengths": TensorSpec("int64", ("segments",)),
-            }
+            },
+            # the sample blt_patches calibrates θ on: windows from every shard
+            # (lib.text.calibration_sample); segment_shard = the shard each segment came from
+            "calibration": {
+                "entropies": TensorSpec("float32", ("tokens",)),
+                "lengths": TensorSpec("int64", ("segments",)),
+                "segment_shard": TensorSpec("int32", ("segments",)),
+            },
         },
         dictionary_columns=(),
     )
@@ -149,5 +161,42 @@ PATCH_EMBEDDINGS = register(
             },
         },
         dictionary_columns=("article_id",),
+    )
+)
+
+# Not an asset: the per-article results of blt_patches' entropy-model pass that patch_embeddings
+# needs (patch vectors, prominence, entropies), so the model runs once per byte for both (see
+# sphere_assets/patching/blt_patches.py). One row per article with at least one patch, in
+# blt_patches row order; arrays are raw little-endian bytes. Its partition is removed by
+# patch_embeddings after use; settings.json beside it records the model and torch settings.
+PATCH_FORWARD_CACHE_SCHEMA = pa.schema(
+    [
+        pa.field("article_id", pa.string(), nullable=False),
+        pa.field("sha256", pa.binary(32), nullable=False),
+        pa.field("n_bytes", pa.int64(), nullable=False),
+        pa.field("byte_len", pa.large_binary(), nullable=False),
+        pa.field("embeddings", pa.large_binary(), nullable=False),
+        pa.field("prominence", pa.large_binary(), nullable=False),
+        pa.field("patch_entropy", pa.large_binary(), nullable=False),
+        pa.field("byte_entropy", pa.large_binary(), nullable=False),
+    ]
+)
+
+PATCH_FORWARD_CACHE = register(
+    AssetContract(
+        name="patch_forward_cache",
+        partition_dim=SHARD_DIM,
+        schema=PATCH_FORWARD_CACHE_SCHEMA,
+        column_docs={
+            "article_id": "raw_articles.article_id (blt_patches row order).",
+            "sha256": "SHA-256 of the article's UTF-8 bytes (the cache is used only for the same text).",
+            "n_bytes": "Article bytes.",
+            "byte_len": "int32 [P]: the patch lengths (must equal blt_patches byte_len).",
+            "embeddings": "float32 [P, D]: mean pre-norm hidden state per patch.",
+            "prominence": "float32 [P]: L2 norm of each embedding.",
+            "patch_entropy": "float32 [P]: mean byte entropy per patch.",
+            "byte_entropy": "float32 [n_bytes]: entropy (nats) of each byte's prediction.",
+        },
+        dictionary_columns=(),
     )
 )

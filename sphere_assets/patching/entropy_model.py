@@ -2,8 +2,11 @@
 raw_articles shard.
 
 Writes ``model.safetensors`` (weights + config), ``heldout.safetensors`` (token entropies of the
-held-out text, used to calibrate blt_patches' threshold) and a summary row. Re-materializing
-with the same corpus and config gives byte-identical files. The model is
+held-out text), ``calibration.safetensors`` (token entropies of the sample blt_patches calibrates
+its threshold on: byte windows drawn uniformly from every shard, ``lib.text.calibration_sample``;
+how representative it is — articles, shards covered, bytes, share of the corpus — is in the
+metadata, beside the training sample's articles and shards) and a summary row.
+Re-materializing with the same corpus and config gives byte-identical files. The model is
 ``sphere_assets.lib.text.entropy_model``, its training ``lib.text.entropy_training``.
 """
 
@@ -16,6 +19,7 @@ from pydantic import Field
 
 from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.pools import HEAVY_POOL
+from sphere_assets.ingest.contract import RAW_ARTICLES
 from sphere_assets.ingest.raw_articles import raw_articles
 from sphere_assets.patching import io, report
 from sphere_assets.patching.contract import ENTROPY_MODEL
@@ -26,6 +30,8 @@ em = lazy_module("sphere_assets.lib.text.entropy_model")
 et = lazy_module("sphere_assets.lib.text.entropy_training")
 pt = lazy_module("sphere_assets.lib.text.patcher")
 rt = lazy_module("sphere_assets.lib.text.torch_runtime")
+cs = lazy_module("sphere_assets.lib.text.calibration_sample")
+tc = lazy_module("sphere_assets.lib.text.corpus")
 
 
 class EntropyModelAssetConfig(dg.Config):
@@ -47,6 +53,12 @@ class EntropyModelAssetConfig(dg.Config):
     max_eval_bytes: int | None = None
     num_threads: int | None = Field(None, description="torch threads (0 = torch's default)")
     device: str = Field("cpu", description="torch device: cpu | cuda | cuda:N | auto")
+    calibration_bytes: int = Field(
+        1 << 20,
+        description="bytes of the θ-calibration sample, shared equally by the shards (a shard "
+        "of at most its share is taken whole)",
+    )
+    calibration_window: int = Field(2048, description="bytes per calibration window")
 
     def to_model_config(self) -> "em.EntropyModelConfig":
         """The preset with every override that is set (the fields shared by name)."""
@@ -90,31 +102,77 @@ def entropy_model(
     model, training = et.train_entropy_model(
         sample, cfg, device, log_every=max(1, cfg.steps // 10), log=context.log.info
     )
+    keys = store.partitions(RAW_ARTICLES.name)
+    plans = cs.plan_windows(
+        {k: io.shard_bytes(store, RAW_ARTICLES.name, "n_bytes", [k]) for k in keys},
+        config.calibration_bytes,
+        config.calibration_window,
+        cfg.seed,
+    )
+    t_cal = time.perf_counter()
     with rt.torch_runtime(cfg.num_threads):
         heldout = [pt.token_entropies(model, seg) for seg in sample.heldout_segments]
+        segments, cal_stats = cs.sample_segments(
+            model,
+            plans,
+            lambda key: io.iter_shard_articles(store, key),
+            config.calibration_window,
+        )
+    coverage = {
+        **cal_stats.as_metadata(),
+        "calibration_seconds": round(time.perf_counter() - t_cal, 2),
+        **sample_coverage(sample, len(keys)),
+    }
+    context.log.info(
+        f"entropy_model: θ-calibration sample {cal_stats.bytes} bytes from "
+        f"{cal_stats.articles} articles in {cal_stats.shards}/{len(keys)} shards "
+        f"({cal_stats.shards_whole} whole, {cal_stats.windows} windows)"
+    )
     # the training wall time stays out of the file: re-materializing writes the same bytes
     metrics = {k: repr(v) for k, v in training.as_metadata().items() if k != "train_seconds"}
     payload = io.model_file_bytes(*em.model_file_tensors(model, metrics))
     sha = hashlib.sha256(payload).hexdigest()
     row = io.entropy_model_row(training, cfg, sha, sample, str(device))
-    io.write_entropy_model(store, payload, sha, heldout, row)
+    io.write_entropy_model(
+        store,
+        payload,
+        sha,
+        heldout,
+        row,
+        (segments, cal_stats.segment_shard, cal_stats.as_metadata()),
+    )
     context.log.info(
         f"entropy_model: held-out {training.heldout_bits_per_byte:.3f} bits/byte vs unigram "
         f"{training.unigram_bits_per_byte:.3f} ({training.num_parameters} params, "
         f"{training.train_seconds:.1f}s training)"
     )
     return dg.MaterializeResult(
-        metadata=report.entropy_model_metadata(
-            config.preset,
-            cfg,
-            training,
-            sample,
-            str(device),
-            sha,
-            str(io.model_path(store)),
-            time.perf_counter() - t0,
-        )
+        metadata={
+            **report.entropy_model_metadata(
+                config.preset,
+                cfg,
+                training,
+                sample,
+                str(device),
+                sha,
+                str(io.model_path(store)),
+                time.perf_counter() - t0,
+            ),
+            **coverage,
+        }
     )
+
+
+def sample_coverage(sample, n_shards: int) -> dict:
+    """How representative the training sample is: its articles and the shards they come from
+    (an article's shard is ``corpus.shard_of`` its id)."""
+    ids = [*sample.train_article_ids, *sample.heldout_article_ids]
+    shards = {tc.shard_of(i, n_shards) for i in ids} if n_shards else set()
+    return {
+        "sample_articles": len(set(ids)),
+        "sample_shards_covered": len(shards),
+        "shards": n_shards,
+    }
 
 
 @dg.asset_check(

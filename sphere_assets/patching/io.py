@@ -3,10 +3,12 @@
 Files (see ``contract.py``)::
 
     <root>/entropy_model/model.safetensors    weights + config (format sphere_blt_entropy_model_v1)
-    <root>/entropy_model/heldout.safetensors  held-out token entropies (threshold calibration)
+    <root>/entropy_model/heldout.safetensors  held-out token entropies
+    <root>/entropy_model/calibration.safetensors  θ-calibration sample (windows of every shard)
     <root>/entropy_model/part-0.parquet       one summary row
     <root>/blt_patches/shard=<k>/part-0.parquet
     <root>/patch_embeddings/shard=<k>/{embeddings.safetensors, blt_v3.safetensors, part-0.parquet}
+    <root>/patch_forward_cache/shard=<k>/{part-0.parquet, settings.json}   (not an asset)
 
 ``model.safetensors`` is serialized by the warehouse's one safetensors writer
 (:func:`sphere_resources.store.canonical_safetensors`) and read back by its reader
@@ -16,7 +18,9 @@ Files (see ``contract.py``)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -32,6 +36,8 @@ from sphere_assets.patching.contract import (
     ENTROPY_MODEL_SCHEMA,
     PATCH_EMBEDDINGS,
     PATCH_EMBEDDINGS_SCHEMA,
+    PATCH_FORWARD_CACHE,
+    PATCH_FORWARD_CACHE_SCHEMA,
 )
 from sphere_resources.contracts import ContractError
 from sphere_resources.integrity import parse_safetensors
@@ -45,9 +51,12 @@ rt = lazy_module("sphere_assets.lib.text.torch_runtime")
 
 MODEL_FILE = "model.safetensors"
 HELDOUT_STEM = "heldout"
+CALIBRATION_STEM = "calibration"
 EMBEDDINGS_STEM = "embeddings"
 BLT_V3_STEM = "blt_v3"
 ROWS_PER_WRITE = 200_000  # patches buffered before a Parquet row group is written
+CACHE_BYTES_PER_WRITE = 32 * 1024 * 1024  # forward-cache bytes buffered per row group
+CACHE_SETTINGS = "settings.json"
 
 # ---------------------------------------------------------------------------------------------
 # raw_articles (upstream)
@@ -124,10 +133,31 @@ def entropy_model_row(report, config, sha: str, sample, device: str) -> pa.Table
 
 
 def write_entropy_model(
-    store: Warehouse, payload: bytes, sha: str, heldout: list[np.ndarray], row: pa.Table
+    store: Warehouse,
+    payload: bytes,
+    sha: str,
+    heldout: list[np.ndarray],
+    row: pa.Table,
+    calibration: tuple[list[np.ndarray], list[int], Mapping[str, object]],
 ) -> None:
-    """Replace the entropy_model partition: model file, held-out entropies, summary row."""
+    """Replace the entropy_model partition: model file, held-out entropies, the θ-calibration
+    sample (segments, the shard of each, its statistics), summary row."""
+    segments, shards, stats = calibration
     with store.partition_writer(ENTROPY_MODEL.name, None) as writer:
+        writer.write_tensors(
+            CALIBRATION_STEM,
+            {
+                "entropies": np.concatenate(segments).astype(np.float32),
+                "lengths": np.array([len(h) for h in segments], dtype=np.int64),
+                "segment_shard": np.array(shards, dtype=np.int32),
+            },
+            {
+                "model_sha256": sha,
+                "units": "nats",
+                "layout": "H_s..H_e per byte window [s, e) (lib.text.calibration_sample)",
+                **{k: str(v) for k, v in stats.items()},
+            },
+        )
         writer.write_bytes(MODEL_FILE, payload)
         writer.write_tensors(
             HELDOUT_STEM,
@@ -161,6 +191,30 @@ def load_model(store: Warehouse, device: str = "cpu"):
 
 def read_model_row(store: Warehouse) -> dict:
     return store.read_table(ENTROPY_MODEL.name, None).to_pylist()[0]
+
+
+def load_calibration_segments(store: Warehouse) -> tuple[list[np.ndarray], dict[str, str]]:
+    """The token-entropy segments blt_patches calibrates θ on (windows from every shard) and
+    the sample's statistics (articles, shards covered, bytes)."""
+    if not store.has_file(ENTROPY_MODEL.name, None, f"{CALIBRATION_STEM}.safetensors"):
+        raise ContractError(
+            ENTROPY_MODEL.name,
+            None,
+            f"{CALIBRATION_STEM}.safetensors",
+            "no θ-calibration sample (written by entropy_model since issue 19): re-materialize "
+            "it (dagster asset materialize -m sphere_assets.definitions --select entropy_model)",
+        )
+    arrays, metadata = store.read_tensors(ENTROPY_MODEL.name, None, CALIBRATION_STEM)
+    bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+    if bounds[-1] != arrays["entropies"].size:
+        raise ContractError(
+            ENTROPY_MODEL.name,
+            None,
+            f"{CALIBRATION_STEM}.lengths",
+            "segment lengths do not sum to entropies",
+        )
+    segments = [arrays["entropies"][a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return segments, metadata
 
 
 def load_heldout_segments(store: Warehouse) -> list[np.ndarray]:
@@ -205,22 +259,125 @@ def patch_rows(article_id: str, data: bytes, res: pt.ArticlePatches) -> pa.Table
     )
 
 
-def write_patches_shard(store: Warehouse, key: str, tables: Iterator[pa.Table]) -> None:
+def write_patches_shard(
+    store: Warehouse,
+    key: str,
+    tables: Iterator,
+    cache_settings: Mapping[str, object] | None = None,
+) -> None:
     """Stream the per-article row tables into blt_patches/shard=key: a Parquet row group each
     time ``ROWS_PER_WRITE`` rows are buffered, the rest at the end (an empty table when there
-    are no rows). An error raised by ``tables`` leaves the old partition in place."""
+    are no rows). An error raised by ``tables`` leaves the old partition in place.
+
+    With ``cache_settings``, ``tables`` yields ``(rows, cache_row)`` pairs and the cache rows
+    (:func:`forward_cache_row`, None for an article without patches) are streamed into
+    patch_forward_cache/shard=key beside ``settings.json``, written in the same step."""
     pending: list[pa.Table] = []
     pending_rows = total_rows = 0
-    with store.partition_writer(BLT_PATCHES.name, key) as writer, writer.table_stream() as out:
-        for table in tables:
+    cache_pending: list[dict] = []
+    cache_bytes = 0
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(store.partition_writer(BLT_PATCHES.name, key))
+        out = stack.enter_context(writer.table_stream())
+        cache_out = None
+        if cache_settings is not None:
+            cache_writer = stack.enter_context(
+                store.partition_writer(PATCH_FORWARD_CACHE.name, key)
+            )
+            cache_writer.write_bytes(
+                CACHE_SETTINGS, json.dumps(dict(cache_settings), sort_keys=True).encode()
+            )
+            cache_out = stack.enter_context(cache_writer.table_stream())
+        for item in tables:
+            table, cache_row = item if cache_out is not None else (item, None)
             pending.append(table)
             pending_rows += table.num_rows
             total_rows += table.num_rows
             if pending_rows >= ROWS_PER_WRITE:
                 out.write(pa.concat_tables(pending))
                 pending, pending_rows = [], 0
+            if cache_row is not None:
+                cache_pending.append(cache_row)
+                cache_bytes += cache_row["n_bytes"] + len(cache_row["embeddings"])
+                if cache_bytes >= CACHE_BYTES_PER_WRITE:
+                    cache_out.write(_cache_table(cache_pending))
+                    cache_pending, cache_bytes = [], 0
         if pending or total_rows == 0:
             out.write(pa.concat_tables(pending) if pending else BLT_PATCHES_SCHEMA.empty_table())
+        if cache_out is not None and (cache_pending or total_rows == 0):
+            cache_out.write(_cache_table(cache_pending))
+
+
+# ---------------------------------------------------------------------------------------------
+# patch_forward_cache (blt_patches' model pass, kept for patch_embeddings)
+# ---------------------------------------------------------------------------------------------
+
+
+def forward_pass_settings(
+    model_sha: str, threads: int | None, chunk_size: int, device: str, dim: int
+) -> dict:
+    """What a patch_forward_cache is computed with (its settings.json); patch_embeddings uses a
+    cache only when its own settings give the same dict (its own model pass would then give
+    the same floats)."""
+    return {
+        "format": "sphere_patch_forward_cache_v1",
+        "model_sha256": model_sha,
+        "torch_threads": threads or 1,
+        "chunk_size": chunk_size,
+        "device": device,
+        "embed_dim": dim,
+    }
+
+
+def forward_cache_row(article_id: str, data: bytes, res) -> dict | None:
+    """The cache row of one article from a ``shared_pass.SharedPass`` (None without patches:
+    such an article has no blt_patches rows either)."""
+    vec = res.vectors
+    if res.patches.num_patches == 0:
+        return None
+    return {
+        "article_id": article_id,
+        "sha256": hashlib.sha256(data).digest(),
+        "n_bytes": len(data),
+        "byte_len": res.patches.byte_len.astype("<i4").tobytes(),
+        "embeddings": np.ascontiguousarray(vec.embeddings, dtype="<f4").tobytes(),
+        "prominence": vec.prominence.astype("<f4").tobytes(),
+        "patch_entropy": vec.patch_entropy.astype("<f4").tobytes(),
+        "byte_entropy": vec.byte_entropy.astype("<f4").tobytes(),
+    }
+
+
+def _cache_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=PATCH_FORWARD_CACHE_SCHEMA)
+
+
+def forward_cache_settings(store: Warehouse, key: str) -> dict | None:
+    """The settings of patch_forward_cache/shard=key (None when there is no cache)."""
+    if not store.has_file(PATCH_FORWARD_CACHE.name, key, CACHE_SETTINGS):
+        return None
+    return json.loads(store.read_file(PATCH_FORWARD_CACHE.name, key, CACHE_SETTINGS))
+
+
+def iter_forward_cache(store: Warehouse, key: str, dim: int) -> Iterator[tuple[str, bytes, dict]]:
+    """(article_id, sha256, arrays) per cached article of shard ``key``, in row order; arrays:
+    byte_len int32 [P], embeddings float32 [P, dim], prominence, patch_entropy float32 [P],
+    byte_entropy float32 [n_bytes]."""
+    for batch in store.iter_batches(PATCH_FORWARD_CACHE.name, key, 16):
+        cols = batch.to_pydict()
+        for i, article_id in enumerate(cols["article_id"]):
+            arrays = {
+                "byte_len": np.frombuffer(cols["byte_len"][i], dtype="<i4"),
+                "embeddings": np.frombuffer(cols["embeddings"][i], dtype="<f4").reshape(-1, dim),
+                "prominence": np.frombuffer(cols["prominence"][i], dtype="<f4"),
+                "patch_entropy": np.frombuffer(cols["patch_entropy"][i], dtype="<f4"),
+                "byte_entropy": np.frombuffer(cols["byte_entropy"][i], dtype="<f4"),
+            }
+            yield article_id, cols["sha256"][i], arrays
+
+
+def remove_forward_cache(store: Warehouse, key: str) -> bool:
+    """Delete patch_forward_cache/shard=key (whether there was one)."""
+    return store.remove_partition(PATCH_FORWARD_CACHE.name, key)
 
 
 def read_patches_for_reassembly(store: Warehouse, key: str) -> pa.Table:

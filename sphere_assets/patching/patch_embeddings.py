@@ -3,9 +3,17 @@
 The mean of the entropy model's pre-norm hidden states over the patch's bytes and its L2 norm
 (prominence) (``sphere_assets.lib.text.patch_embeddings``), a Parquet side table with the keys
 for DuckDB, and a blt-burn v3 export of the shard.
+
+When blt_patches ran in the same run it has already pooled the vectors in its own model pass
+(``patch_forward_cache``, see ``blt_patches.py``): this step then takes them from there (after
+checking the cache's model and torch settings, and per article its id, text sha256 and patch
+lengths against blt_patches), writes the same files, and removes the cache; otherwise it runs
+the entropy model itself. Byte-identical outputs either way.
 """
 
 import collections
+import hashlib
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -44,7 +52,7 @@ class PatchEmbeddingsConfig(dg.Config):
     workers: int = Field(
         0,
         description="worker processes, each with its own model copy and whole articles (0 = "
-        "one per available core when the run's shards hold >= 4 MB, else 1; 1 = this process)",
+        "one per available core when the run's shards hold >= 1.5 MB, else 1; 1 = this process)",
     )
     chunk_size: int = Field(0, description="tokens per inference chunk (0 = model default)")
 
@@ -56,6 +64,32 @@ def _concat(parts: list[np.ndarray], dtype, width: int | None = None) -> np.ndar
     return np.zeros((0, width) if width else 0, dtype=dtype)
 
 
+class StaleCache(Exception):
+    """The shard's patch_forward_cache does not belong to its blt_patches rows."""
+
+
+def cached_vectors(store: Warehouse, key: str, dim: int, articles: Iterator) -> Iterator:
+    """PatchVectors of each article of ``articles`` (blt_patches order) from
+    patch_forward_cache/shard=key; StaleCache at the first article the cache does not match."""
+    missing = object()
+    rows = io.iter_forward_cache(store, key, dim)
+    for article, row in itertools.zip_longest(articles, rows, fillvalue=missing):
+        if article is missing or row is missing:
+            raise StaleCache("the cache and blt_patches hold different numbers of articles")
+        article_id, data, _, lens, _ = article
+        cached_id, sha, arrays = row
+        if cached_id != article_id or sha != hashlib.sha256(data).digest():
+            raise StaleCache(f"article '{article_id}': the cache holds '{cached_id}' or other text")
+        if not np.array_equal(arrays["byte_len"], lens):
+            raise StaleCache(f"article '{article_id}': patch lengths differ from blt_patches")
+        yield pe.PatchVectors(
+            arrays["embeddings"],
+            arrays["prominence"],
+            arrays["patch_entropy"],
+            arrays["byte_entropy"],
+        )
+
+
 def embed_shard(
     store: Warehouse,
     key: str,
@@ -64,9 +98,12 @@ def embed_shard(
     config: PatchEmbeddingsConfig,
     minilm,
     run: "mw.ArticleRun",
+    cached: bool = False,
 ) -> dict:
-    """Pool every patch of blt_patches/shard=key and write patch_embeddings/shard=key; the
-    shard's summary (patches, articles, bytes, prominence, embed_dim)."""
+    """Pool every patch of blt_patches/shard=key (``cached``: take the vectors from
+    patch_forward_cache/shard=key, StaleCache when they do not match) and write
+    patch_embeddings/shard=key; the shard's summary (patches, articles, bytes, prominence,
+    embed_dim)."""
     embeddings, prominence, article_index, patch_index = [], [], [], []
     patch_entropy, byte_entropy, lengths, raw_bytes, ids = [], [], [], [], []
     # articles handed to pool_articles, not yet back: results arrive in this order
@@ -75,13 +112,18 @@ def embed_shard(
     def articles() -> Iterator[tuple[str, bytes, np.ndarray, np.ndarray]]:
         for article in io.iter_article_patches(store, key, with_text=minilm is not None):
             in_flight.append(article)
-            yield article[:4]
+            yield article if cached else article[:4]
 
-    vectors = mw.in_partition(
-        PATCH_EMBEDDINGS.name,
-        key,
-        pe.pool_articles(model, articles(), config.chunk_size or None, run.pool, run.batch_bytes),
-    )
+    if cached:
+        vectors = cached_vectors(store, key, model.config.dim, articles())
+    else:
+        vectors = mw.in_partition(
+            PATCH_EMBEDDINGS.name,
+            key,
+            pe.pool_articles(
+                model, articles(), config.chunk_size or None, run.pool, run.batch_bytes
+            ),
+        )
     for a, vec in enumerate(vectors):
         article_id, data, starts, lens, texts = in_flight.popleft()
         run.progress.advance(1, len(data))
@@ -170,32 +212,91 @@ def patch_embeddings(
             f"patch_embeddings embedder must be entropy_model or minilm, got '{config.embedder}'"
         )
     keys = list(context.partition_keys)
-    total_bytes = io.shard_bytes(store, BLT_PATCHES.name, "byte_len", keys)
-    with mw.article_run(
-        context.log.info, PATCH_EMBEDDINGS.name, model, config.workers, threads, total_bytes
-    ) as run:
-        summaries = []
-        for key in keys:
-            t0 = time.perf_counter()
-            summary = embed_shard(store, key, model, model_sha, config, minilm, run)
-            summaries.append({**summary, "key": key, "seconds": time.perf_counter() - t0})
+    device = str(next(model.parameters()).device)
+    expected = io.forward_pass_settings(
+        model_sha, threads, config.chunk_size, device, model.config.dim
+    )
+    summaries: dict[str, dict] = {}
+    own_pass: list[str] = []
+    # the vectors blt_patches' model pass left in patch_forward_cache, where they match
+    for key in keys:
+        settings = io.forward_cache_settings(store, key)
+        if settings != expected:
+            if settings is not None:
+                context.log.info(
+                    f"patch_embeddings: shard {key}: forward cache made with {settings}, not "
+                    f"{expected}: running the model"
+                )
+            own_pass.append(key)
+            continue
+        cache_run = mw.ArticleRun(
+            None,
+            1,
+            0,
+            mw.ProgressMeter(lambda msg: context.log.info(f"patch_embeddings: {msg}"), None),
+        )
+        t0 = time.perf_counter()
+        try:
+            summary = embed_shard(store, key, model, model_sha, config, minilm, cache_run, True)
+        except StaleCache as exc:
+            context.log.info(f"patch_embeddings: shard {key}: stale forward cache ({exc})")
+            own_pass.append(key)
+            continue
+        io.remove_forward_cache(store, key)
+        seconds = time.perf_counter() - t0
+        summaries[key] = {
+            **summary,
+            "key": key,
+            "seconds": seconds,
+            "run": cache_run,
+            "shared": True,
+        }
+    if own_pass:
+        total_bytes = io.shard_bytes(store, BLT_PATCHES.name, "byte_len", own_pass)
+        with mw.article_run(
+            context.log.info, PATCH_EMBEDDINGS.name, model, config.workers, threads, total_bytes
+        ) as run:
+            for key in own_pass:
+                t0 = time.perf_counter()
+                summary = embed_shard(store, key, model, model_sha, config, minilm, run)
+                io.remove_forward_cache(store, key)
+                seconds = time.perf_counter() - t0
+                summaries[key] = {
+                    **summary,
+                    "key": key,
+                    "seconds": seconds,
+                    "run": run,
+                    "shared": False,
+                }
     return partition_results(
         context,
         {
-            s["key"]: report.patch_embeddings_metadata(
-                config.embedder,
-                minilm is not None,
-                [s],
-                s["seconds"],
-                run,
-                threads,
-                model_sha,
-                f"{io.BLT_V3_STEM}.safetensors",
-                str(store.partition_dir(PATCH_EMBEDDINGS.name, s["key"])),
-            )
-            for s in summaries
+            key: shard_metadata(config, minilm, summaries[key], threads, model_sha, store)
+            for key in keys
         },
     )
+
+
+def shard_metadata(config, minilm, summary: dict, threads, model_sha: str, store) -> dict:
+    """One shard's materialization metadata (``summary`` from :func:`embed_shard` plus its
+    key, seconds and run)."""
+    key, run = summary["key"], summary["run"]
+    return {
+        **report.patch_embeddings_metadata(
+            config.embedder,
+            minilm is not None,
+            [summary],
+            summary["seconds"],
+            run,
+            threads,
+            model_sha,
+            f"{io.BLT_V3_STEM}.safetensors",
+            str(store.partition_dir(PATCH_EMBEDDINGS.name, key)),
+        ),
+        "forward_pass": "shared with blt_patches (patch_forward_cache)"
+        if summary["shared"]
+        else "own model pass",
+    }
 
 
 @shard_check(

@@ -8,8 +8,8 @@ Per shard ``shell_placements/shard=<k>/``:
   (metadata: the shell model, so checks and readers can rebuild radii and targets);
 * ``librarian.safetensors`` -- patch bytes [P, max_len] (zero padded), lengths, target
   (r, theta, phi): the Librarian training export;
-* ``lvm.safetensors`` -- ``inputs`` [M, W, D] windows of W consecutive patch embeddings of one
-  article, ``target`` [M, D] the next patch's embedding, ``rows`` [M, W + 1].
+* ``lvm.safetensors`` -- ``rows`` [M, W + 1]: windows of W consecutive patches of one article
+  and the next patch, as row numbers into patch_embeddings' embeddings (no copies).
 """
 
 from __future__ import annotations
@@ -19,16 +19,25 @@ import pyarrow as pa
 
 from sphere_assets.core.lazy import lazy_module
 from sphere_assets.harmonics.io import load_sh_basis
+from sphere_assets.lib.sphere.features import angles_of
 from sphere_assets.patching.contract import PATCH_EMBEDDINGS
 from sphere_assets.patching.io import BLT_V3_STEM, EMBEDDINGS_STEM
-from sphere_assets.placements.contract import SHELL_PLACEMENTS, SHELL_PLACEMENTS_SCHEMA
+from sphere_assets.placements.contract import (
+    SHELL_PLACEMENTS,
+    SHELL_PLACEMENTS_SCHEMA,
+    SPHERE_MAP,
+    SPHERE_MAP_SCHEMA,
+)
 from sphere_resources.contracts import ContractError
 from sphere_resources.warehouse import Warehouse
 
 # torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
 sht = lazy_module("sphere_assets.lib.sphere.sht")
 wf = lazy_module("sphere_assets.lib.sphere.waterfill")
+sm = lazy_module("sphere_assets.lib.sphere.sphere_map")
 
+MAP_STEM = "model"
+MAP_FORMAT = "sphere.sphere_map.v1"
 COORD_STEM = "coordinates"
 LIBRARIAN_STEM = "librarian"
 LVM_STEM = "lvm"
@@ -73,6 +82,72 @@ def load_shard_embeddings(store: Warehouse, key: str) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# sphere_map
+
+
+def sphere_map_metadata(model: sm.SphereMapModel) -> dict[str, str]:
+    """String metadata of model.safetensors: format, scalars and the fit report (JSON)."""
+    import json
+
+    meta = {"format": MAP_FORMAT, **{k: str(v) for k, v in model.scalars().items()}}
+    # wall times stay out of the file (they are in the materialization metadata): re-fitting
+    # the same sample writes the same bytes
+    report = {k: v for k, v in model.report.items() if not k.endswith("_seconds")}
+    meta["report"] = json.dumps(report, sort_keys=True, default=str)
+    return meta
+
+
+def write_sphere_map(store: Warehouse, model: sm.SphereMapModel, row: dict) -> None:
+    """Replace the sphere_map partition: the model tensors and its fit-report row."""
+    with store.partition_writer(SPHERE_MAP.name, None) as writer:
+        writer.write_tensors(MAP_STEM, model.tensors(), sphere_map_metadata(model))
+        writer.write_table(pa.Table.from_pylist([row], schema=SPHERE_MAP_SCHEMA))
+
+
+def load_sphere_map(store: Warehouse, for_asset: str | None = None) -> sm.SphereMapModel:
+    """The fitted map, or a ContractError naming the asset that needs it and how to build it."""
+    import json
+
+    if not store.exists(SPHERE_MAP.name, None):
+        who = f"asset '{for_asset}' needs the sphere map, but " if for_asset else ""
+        raise ContractError(
+            SPHERE_MAP.name,
+            None,
+            f"{MAP_STEM}.safetensors",
+            f"{who}it is not materialized under {store.partition_dir(SPHERE_MAP.name, None)} "
+            "(build it: sphere materialize-all, or dagster asset materialize -m "
+            "sphere_assets.definitions --select sphere_map)",
+        )
+    arrays, meta = store.read_tensors(SPHERE_MAP.name, None, MAP_STEM)
+    if meta.get("format") != MAP_FORMAT:
+        raise ContractError(SPHERE_MAP.name, None, "format", f"{meta.get('format')!r}")
+    return sm.SphereMapModel.from_tensors(arrays, meta, json.loads(meta.get("report", "{}")))
+
+
+def sphere_map_path(store: Warehouse):
+    return store.partition_dir(SPHERE_MAP.name, None)
+
+
+def embedding_shards(store: Warehouse) -> list[str]:
+    """The materialized patch_embeddings shards."""
+    return store.partitions(PATCH_EMBEDDINGS.name)
+
+
+def load_shard_vectors(store: Warehouse, key: str, rows: np.ndarray | None = None) -> dict:
+    """embeddings [n, D] and prominence [n] of patch_embeddings/shard=key (rows ``rows`` only
+    when given)."""
+    arrays, _ = store.read_tensors(PATCH_EMBEDDINGS.name, key, EMBEDDINGS_STEM)
+    emb, prom = arrays["embeddings"], arrays["prominence"]
+    if rows is not None:
+        emb, prom = emb[rows], prom[rows]
+    return {"embeddings": np.asarray(emb), "prominence": np.asarray(prom)}
+
+
+def read_sphere_map_row(store: Warehouse) -> dict:
+    return store.read_table(SPHERE_MAP.name, None).to_pylist()[0]
+
+
 def load_basis(store: Warehouse, band_limit: str) -> sht.ShBasis:
     """The sh_basis partition L = band_limit, or FileNotFoundError saying how to get it."""
     try:
@@ -87,6 +162,7 @@ def load_basis(store: Warehouse, band_limit: str) -> sht.ShBasis:
 
 def placement_table(src: dict, p: wf.Placement) -> pa.Table:
     """The Parquet rows of one shard (row i <-> patch_embeddings row i)."""
+    map_theta, map_phi = angles_of(p.start_unit)
     return pa.table(
         {
             "article_id": src["article_id"].cast(pa.string()),
@@ -95,6 +171,10 @@ def placement_table(src: dict, p: wf.Placement) -> pa.Table:
             "r": pa.array(p.r),
             "theta": pa.array(p.theta),
             "phi": pa.array(p.phi),
+            "map_theta": pa.array(map_theta.astype(np.float32)),
+            "map_phi": pa.array(wf.wrap_phi32(map_phi)),
+            "spread": pa.array(p.spread_rad.astype(np.float32)),
+            "score": pa.array(p.score.astype(np.float32)),
             "x": pa.array(np.ascontiguousarray(p.xyz[:, 0])),
             "y": pa.array(np.ascontiguousarray(p.xyz[:, 1])),
             "z": pa.array(np.ascontiguousarray(p.xyz[:, 2])),
@@ -132,7 +212,7 @@ def write_shard(
     p: wf.Placement,
     shell_model: dict[str, str],
     librarian: dict,
-    lvm: dict,
+    lvm_rows: np.ndarray,
     lvm_window: int,
 ) -> None:
     """Write partition ``key`` atomically: coordinates, librarian, lvm tensors and the rows."""
@@ -151,12 +231,14 @@ def write_shard(
         )
         writer.write_tensors(
             LVM_STEM,
+            {"rows": lvm_rows.astype(np.int64)},
             {
-                "inputs": lvm["inputs"],
-                "target": lvm["target"],
-                "rows": lvm["rows"].astype(np.int64),
+                "format": FORMAT,
+                "window": str(lvm_window),
+                "rows": "row numbers into patch_embeddings/shard=<k>/embeddings.safetensors "
+                "'embeddings': rows[:, :W] the inputs, rows[:, W] the target "
+                "(lib.sphere.exports.lvm_gather)",
             },
-            {"format": FORMAT, "window": str(lvm_window), "rows": "row numbers"},
         )
         writer.write_table(placement_table(src, p))
 

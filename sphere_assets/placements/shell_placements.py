@@ -33,11 +33,14 @@ from sphere_assets.lib.sphere.shells import balance_report
 from sphere_assets.patching.patch_embeddings import patch_embeddings
 from sphere_assets.placements import io, report
 from sphere_assets.placements.contract import SHELL_PLACEMENTS
+from sphere_assets.placements.sphere_map import sphere_map
 from sphere_resources.jax_device import JaxDeviceResource
 from sphere_resources.warehouse import Warehouse, WarehouseResource
 
 # torch/JAX compute, loaded on first use (sphere_assets/core/lazy.py)
 exports = lazy_module("sphere_assets.lib.sphere.exports")
+sm = lazy_module("sphere_assets.lib.sphere.sphere_map")
+sp = lazy_module("sphere_assets.lib.sphere.spreading")
 tl = lazy_module("sphere_assets.lib.sphere.thrml_langevin")
 wf = lazy_module("sphere_assets.lib.sphere.waterfill")
 
@@ -53,7 +56,6 @@ class WaterfillSettings(dg.Config):
     r_min: float = Field(1.0, description="innermost shell radius")
     r_max: float = Field(2.0, description="outermost shell radius")
     kappa: float = Field(1.5, description="capacity exponent: capacity_s ~ r_s^kappa")
-    spread_weight: float = Field(0.5, description="weight of the concentration in the score")
     n_dirs: int = Field(8, description="lateral candidate directions per point")
     lateral_step: float = Field(0.15, description="lateral step (radians)")
     lateral_threshold: float = Field(0.2, description="relative density gain for a lateral move")
@@ -61,8 +63,25 @@ class WaterfillSettings(dg.Config):
     max_passes: int = Field(32, description="water-filling passes at most")
     seed: int = Field(0, description="PRNG seed (same inputs + seed = byte-identical output)")
 
-    def build(self, band_limit: int) -> "wf.WaterfillConfig":
-        return wf.WaterfillConfig(band_limit=band_limit, **self.model_dump())
+    def build(self, band_limit: int, spread: "SpreadSettings") -> "wf.WaterfillConfig":
+        return wf.WaterfillConfig(band_limit=band_limit, spread=spread.build(), **self.model_dump())
+
+
+class SpreadSettings(dg.Config):
+    """The knobs of ``spreading.SpreadConfig``: the lateral step that opens up pile-ups."""
+
+    enabled: bool = Field(True, description="run the spreading step")
+    radius_deg: float = Field(0.5, description="points of one shell closer than this repel")
+    step: float = Field(0.5, description="largest move per pass, as a fraction of the radius")
+    max_passes: int = Field(3, description="spreading passes at most")
+    seed: int = Field(0, description="seed of the tie-break directions of exact duplicates")
+
+    def build(self) -> "sp.SpreadConfig | None":
+        if not self.enabled:
+            return None
+        return sp.SpreadConfig(
+            radius_deg=self.radius_deg, step=self.step, max_passes=self.max_passes, seed=self.seed
+        )
 
 
 class LangevinSettings(dg.Config):
@@ -86,6 +105,9 @@ class ShellPlacementsConfig(dg.Config):
     thrml: LangevinSettings = Field(
         default_factory=LangevinSettings, description="the Langevin relaxation (method=thrml)"
     )
+    spread: SpreadSettings = Field(
+        default_factory=SpreadSettings, description="the spreading step inside each shell"
+    )
     recall_queries: int = Field(256, description="query rows for the neighbourhood recall")
     lvm_window: int = Field(5, description="LVM export: patches per input window")
     librarian_max_len: int = Field(0, description="Librarian export: bytes kept (0 = longest)")
@@ -96,19 +118,19 @@ class ShellPlacementsConfig(dg.Config):
 
 def place_rows(
     src: dict, key: str, config: ShellPlacementsConfig, wcfg: "wf.WaterfillConfig", basis, device,
-    devices,
+    devices, sphere_map,
 ) -> "wf.Placement":  # fmt: skip
-    """The placement of one shard's rows by ``config.method``."""
+    """The placement of one shard's rows by ``config.method`` with the fitted ``sphere_map``."""
     keys = io.RowKeys(src["article_id"], src["patch_index"])
     if config.method == "lateral":
         return wf.place(
             src["embeddings"], src["prominence"], config=wcfg, basis=basis, row_keys=keys,
-            device=device, devices=devices,
+            device=device, devices=devices, sphere_map=sphere_map,
         )  # fmt: skip
     if config.method == "thrml":
         return tl.place_thrml(
             src["embeddings"], src["prominence"], config=config.thrml.build(wcfg), basis=basis,
-            row_keys=keys, device=device,
+            row_keys=keys, device=device, sphere_map=sphere_map,
         )  # fmt: skip
     raise ValueError(
         f"asset '{SHELL_PLACEMENTS.name}', partition '{key}': method must be lateral|thrml"
@@ -116,24 +138,32 @@ def place_rows(
 
 
 def place_shard(
-    store: Warehouse, key: str, config: ShellPlacementsConfig, basis, device, devices=None
-) -> "tuple[dict, wf.Placement]":
-    """Place one shard, write the partition atomically; returns (summary, placement)."""
+    store: Warehouse, key: str, config: ShellPlacementsConfig, basis, device, devices=None,
+    sphere_map=None,
+) -> "tuple[dict, wf.Placement]":  # fmt: skip
+    """Place one shard with the fitted map, write the partition atomically; returns (summary,
+    placement)."""
     src = io.load_shard_embeddings(store, key)
-    wcfg = config.waterfill.build(basis.L)
+    if sphere_map is None:
+        sphere_map = io.load_sphere_map(store, for_asset=SHELL_PLACEMENTS.name)
+    wcfg = config.waterfill.build(basis.L, config.spread)
     t0 = time.perf_counter()
-    p = place_rows(src, key, config, wcfg, basis, device, devices)
+    try:
+        p = place_rows(src, key, config, wcfg, basis, device, devices, sphere_map)
+    except ValueError as exc:
+        raise ValueError(f"asset '{SHELL_PLACEMENTS.name}', partition '{key}': {exc}") from exc
     seconds = time.perf_counter() - t0
     emb = src["embeddings"]
     recall = report.recall_metrics(emb, p, config.recall_queries, config.waterfill.seed)
+    recall.update(report.map_figures(sphere_map, p))
     librarian = exports.librarian_export_flat(
         src["bytes"], src["patch_lengths"], p.r, p.theta, p.phi, config.librarian_max_len or None
     )
     article_ids = src["article_id"].to_numpy(zero_copy_only=False)
-    lvm = exports.lvm_sequences(emb, article_ids, src["patch_index"], config.lvm_window)
+    lvm_rows = exports.lvm_windows(article_ids, src["patch_index"], config.lvm_window)
     shell_model = io.shell_model_metadata(wcfg, config.method)
-    io.write_shard(store, key, src, p, shell_model, librarian, lvm, config.lvm_window)
-    lvm_windows = int(lvm["rows"].shape[0])
+    io.write_shard(store, key, src, p, shell_model, librarian, lvm_rows, config.lvm_window)
+    lvm_windows = int(lvm_rows.shape[0])
     return report.shard_summary(key, p, seconds, config.method, lvm_windows, recall), p
 
 
@@ -141,6 +171,7 @@ def place_shard(
     name=SHELL_PLACEMENTS.name,
     deps=[
         patch_embeddings,
+        sphere_map,
         dg.AssetDep(
             sh_basis,
             partition_mapping=dg.StaticPartitionMapping({BAND_LIMIT: shard_keys()}),
@@ -155,10 +186,11 @@ def place_shard(
     tags={"family": "placements"},
     description=(
         "Water-filled place of every patch embedding on S radial shells (sqrt-spaced radii, "
-        "capacity ~ r^1.5, largest-remainder targets): rank start from an information score, "
-        "PCA-3 angles, overflow of the most prominent (z-scored per shell) outward with an SH "
-        "density lateral search before each promotion (method=lateral), or THRML Langevin "
-        "relaxation with sparse kNN attraction and density repulsion (method=thrml). Parquet "
+        "capacity ~ r^1.5, largest-remainder targets): direction and information score from "
+        "the one fitted sphere_map (the same embedding lands on the same direction in every "
+        "shard), rank start, overflow of the most prominent outward with an SH density lateral "
+        "search (the incremental case), then spreading of pile-ups inside each shell down a "
+        "kernel density (method=lateral), or THRML Langevin relaxation (method=thrml). Parquet "
         "rows + coordinates / librarian / lvm safetensors."
     ),
 )
@@ -173,9 +205,10 @@ def shell_placements(
     local = jax.local_devices()  # points are sharded over them when there are several
     devices = local if len(local) > 1 else None
     basis = io.load_basis(store, BAND_LIMIT)
+    model = io.load_sphere_map(store, for_asset=SHELL_PLACEMENTS.name)
     metadata_by_partition = {}
     for key in context.partition_keys:
-        summary, p = place_shard(store, key, config, basis, device, devices)
+        summary, p = place_shard(store, key, config, basis, device, devices, model)
         context.log.info(report.shard_log_line(summary))
         metadata_by_partition[key] = report.materialization_metadata(
             method=config.method,

@@ -25,7 +25,7 @@ asset family module only declares its assets; it does not have to know about aut
   Root assets (``raw_articles``, ``sh_basis``) get no condition: they are driven by the
   incoming-files sensor, the nightly schedule, or by hand.
 
-* **global fitted models** (``FITTED_MODELS``: ``entropy_model``) get :func:`fitted_model_condition`
+* **global fitted models** (``FITTED_MODELS``: ``entropy_model``, ``sphere_map``) get :func:`fitted_model_condition`
   instead of ``eager()``: refit when missing, when their ``code_version`` changed, or on request
   (a run launched by hand) — never because one upstream shard changed. Retraining the model on
   every shard update would re-patch *every* shard and every merge below it; a changed shard is
@@ -69,7 +69,7 @@ AUTOMATION_SENSOR_NAME = "sphere_automation"
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
 TABLE_NAME_KEY = "dagster/table_name"
 # global fitted models: refit when missing / code version changed / by hand (see module doc)
-FITTED_MODELS = frozenset({"entropy_model"})
+FITTED_MODELS = frozenset({"entropy_model", "sphere_map"})
 EAGER_LABEL = "eager: after an upstream update, once per changed partition"
 FITTED_LABEL = "fitted model: refit when missing or its code version changed, or by hand"
 
@@ -233,7 +233,7 @@ def automation_sensor(
         run_tags={"sphere/trigger": "automation", **(run_tags or {})},
         description=(
             "Declarative automation: shard assets follow their upstream shards, global merges run "
-            "once after their shards; global fitted models (entropy_model) refit only when "
+            "once after their shards; global fitted models (entropy_model, sphere_map) refit only when "
             "missing or their code version changed (see sphere_assets/refresh/automation.py)."
         ),
     )

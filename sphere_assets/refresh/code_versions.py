@@ -21,18 +21,22 @@ CODE_VERSIONS: dict[str, str] = {
     # harmonics
     "sh_basis": "1",
     # patching
-    "entropy_model": "2",
-    "blt_patches": "2",
-    "patch_embeddings": "2",
+    "entropy_model": "3",  # 3: calibration.safetensors (θ sample from every shard)
+    "blt_patches": "3",  # 3: θ on the every-shard sample; one model pass with patch_embeddings
+    "patch_embeddings": "3",  # 3: takes blt_patches' pooled vectors (patch_forward_cache)
     # ngrams
-    "ngram_index": "1",
-    "ngram_vocabulary": "1",
-    "article_hllsets": "1",
-    "adjacency": "1",
-    "adjacency_merged": "1",
+    "ngram_index": "2",  # 2: lib/sketch/restore.py open ends (issue 19)
+    "ngram_vocabulary": "2",  # 2: lib/sketch/restore.py open ends
+    "article_hllsets": "2",  # 2: lib/sketch/restore.py open ends
+    "adjacency": "2",  # 2: lib/sketch/restore.py open ends
+    "adjacency_merged": "2",  # 2: lib/sketch/restore.py open ends
     # placements
-    "shell_placements": "3",
+    "sphere_map": "1",
+    "shell_placements": "4",  # 4: the global sphere_map, spreading, map/score/spread columns
+    # navigate
+    "sphere_index": "1",
+    "embedding_ann": "1",
     # catalog
-    "duckdb_catalog": "1",
+    "duckdb_catalog": "2",  # 2: sphere_cone macros (catalog/navigate_sql.py)
     "postgres_catalog": "1",
 }

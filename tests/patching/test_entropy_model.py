@@ -21,7 +21,13 @@ def test_entropy_model_files_metadata_and_check(pipeline):
     resources, root, results = pipeline
     res = results["model"]
     files = sorted(p.name for p in (root / "entropy_model").iterdir())
-    assert files == ["_manifest.json", "heldout.safetensors", "model.safetensors", "part-0.parquet"]
+    assert files == [
+        "_manifest.json",
+        "calibration.safetensors",
+        "heldout.safetensors",
+        "model.safetensors",
+        "part-0.parquet",
+    ]
     meta = metadata_of(res, "entropy_model")
     assert meta["heldout_bits_per_byte"] < meta["unigram_bits_per_byte"]
     assert meta["config"]["dim"] == 32 and meta["config"]["steps"] == 60
@@ -39,6 +45,28 @@ def test_entropy_model_files_metadata_and_check(pipeline):
     store = resources["warehouse"].store()
     segments = io.load_heldout_segments(store)
     assert segments and all(len(s) >= 2 for s in segments)
+
+
+def test_calibration_sample_covers_every_shard(pipeline):
+    """θ's calibration sample: every shard (the bundled corpus is under the 1 MiB budget, so
+    every shard whole), said in entropy_model's and blt_patches' metadata."""
+    resources, root, results = pipeline
+    store = resources["warehouse"].store()
+    raw = pq.read_table(root / "raw_articles", columns=["n_bytes"])
+    segments, sample = io.load_calibration_segments(store)
+    arrays, _ = store.read_tensors("entropy_model", None, "calibration")
+    assert sorted(set(arrays["segment_shard"].tolist())) == [0, 1, 2, 3]
+    assert sum(len(s) - 1 for s in segments) == (sum(raw.column("n_bytes").to_pylist()))
+    meta = metadata_of(results["model"], "entropy_model")
+    assert meta["calibration_shards_covered"] == 4 == meta["shards"]
+    assert meta["calibration_shards_whole"] == 4 and meta["calibration_share_of_corpus"] == 1.0
+    assert meta["calibration_articles"] == len(segments) == raw.num_rows
+    assert meta["sample_shards_covered"] == 4 and meta["sample_articles"] > 0
+    assert int(sample["calibration_bytes"]) == meta["calibration_bytes"]
+    patches = metadata_of(results["patches/0"], "blt_patches")
+    assert patches["calibration_sample/shards_covered"] == 4
+    assert patches["calibration_sample/articles"] == raw.num_rows
+    assert patches["calibration_bytes"] == meta["calibration_bytes"]
 
 
 def test_entropy_model_rematerialization_is_byte_identical(pipeline):

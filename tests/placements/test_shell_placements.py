@@ -20,14 +20,19 @@ from sphere_assets.harmonics import sh_basis as harmonics
 from sphere_assets.lib.sphere import waterfill as wf
 from sphere_assets.lib.text import patch_embeddings as pe
 from sphere_assets.patching.contract import PATCH_EMBEDDINGS_SCHEMA
-from sphere_assets.placements import defs
 from sphere_assets.placements import io as placements_io
 from sphere_assets.placements import shell_placements as placements
+from sphere_assets.placements import sphere_map
 from sphere_assets.placements.contract import SHELL_PLACEMENTS_SCHEMA
 from sphere_resources.store import read_safetensors
 
-ASSETS = [*defs.ASSETS, *defs.CHECKS]
+ASSETS = [
+    placements.shell_placements,
+    placements.shell_placements_balanced,
+    placements.shell_placements_coordinates_valid,
+]
 SMALL = {"waterfill": {"n_shells": 16}, "recall_queries": 64, "plot_sample": 500}
+SMALL_MAP = {"sample_size": 1500, "steps": 60}
 
 
 def write_embeddings(store, key: str, n_articles: int, seed: int, dim: int = 16, bad_row=None):
@@ -87,7 +92,17 @@ def upstream(resources):
         [harmonics.sh_basis], partition_key=placements.BAND_LIMIT, resources=resources
     )
     assert res.success
+    assert fit_map(resources).success
     return shards
+
+
+def fit_map(resources, **config):
+    return dg.materialize(
+        [sphere_map.sphere_map, sphere_map.sphere_map_beats_pca3],
+        resources=resources,
+        run_config={"ops": {"sphere_map": {"config": {**SMALL_MAP, **config}}}},
+        raise_on_error=False,
+    )
 
 
 def materialize(resources, key, **config):
@@ -146,12 +161,11 @@ def test_lateral_partition_files_checks_and_determinism(resources, upstream):
     np.testing.assert_array_equal(lib["target"][:, 0], table.column("r").to_numpy())
 
     lvm, _ = read_safetensors(part / "lvm.safetensors")
+    assert set(lvm) == {"rows"}  # indices into patch_embeddings, no copied windows
     m = lvm["rows"].shape[0]
     assert m == sum(max(c - 5, 0) for c in np.bincount(art))
-    assert lvm["inputs"].shape == (m, 5, emb.shape[1])
-    np.testing.assert_array_equal(lvm["inputs"][0], emb[lvm["rows"][0, :5]])
-    np.testing.assert_array_equal(lvm["target"], emb[lvm["rows"][:, 5]])
     assert np.all(art[lvm["rows"]] == art[lvm["rows"][:, :1]])  # windows stay in one article
+    np.testing.assert_array_equal(np.diff(pidx[lvm["rows"]], axis=1), 1)  # consecutive patches
 
     meta = metadata_of(res)
     assert meta["dagster/row_count"] == n and meta["balanced_every_shard"] is True

@@ -38,6 +38,14 @@ the n-gram vocabulary (keys, hashes, counts) and the adjacency weights.
    once — a greedy route inspection (duplicate shortest paths until in = out) walked with
    Hierholzer's algorithm.  An HLLSet records which 3-grams occur, not how often, so for a
    span whose 3-grams repeat no trail covers its set, while such a walk does.
+   *Open ends* (``open_ends=True``, for a span that is not known to be a whole article —
+   ``sphere restore --text`` of a sentence copied from the middle of a document): a span cut
+   out of an article and patched on its own starts and ends with patches the corpus never
+   had at that place (patching starts afresh at the cut; the last patch is cut short), so no
+   validated 3-gram leads from ``_START_`` into the span or out to ``_END_``.  The search then
+   also starts at every node without a validated in-edge and completes at every node without
+   a validated out-edge (besides the ``_START_``/``_END_`` nodes), so it restores the span's
+   validated interior; a path's first patch is its first node's left patch.
 5. **Ranking.**  Complete paths are ranked by 3-gram coverage, then score, then patch bytes.
    Coverage is measured in the HLLSet's own terms: the fraction of the set bits of the 3-gram
    layer that the path's 3-grams hit.  (Counting edges instead would reward a path for picking
@@ -299,6 +307,8 @@ class RestoreReport:
     # True when no ordering of ``length`` patches was found and the candidates come from the
     # length-free search (their lengths differ from ``length``)
     length_fallback: bool = False
+    # the search could start/end at any node without validated in/out-edges (open_ends)
+    open_ends: bool = False
 
     @property
     def n_candidates_total(self) -> int:
@@ -321,6 +331,7 @@ class RestoreReport:
             "length": self.length,
             "context_order": self.context_order,
             "length_fallback": self.length_fallback,
+            "open_ends": self.open_ends,
             "reason": self.reason,
         }
 
@@ -566,6 +577,33 @@ def path_score(
     return total
 
 
+def _terminals(
+    src: np.ndarray, dst: np.ndarray, left: np.ndarray, right: np.ndarray, open_ends: bool
+) -> tuple[list[int], np.ndarray]:
+    """(start nodes, end-node mask): the ``(_START_, x)`` / ``(y, _END_)`` nodes, and with
+    ``open_ends`` also every node of a *source* / *sink* strongly connected component of the
+    graph (no edge enters / leaves the component): the span's first validated 2-gram lies in
+    a source component (a node without in-edges, or a cycle when the span repeats its first
+    patches), its last in a sink component."""
+    is_start = left == ng.START_ID
+    is_end = right == ng.END_ID
+    if open_ends and src.size:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        n_nodes = left.size
+        graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(n_nodes, n_nodes))
+        _, comp = connected_components(graph, directed=True, connection="strong")
+        between = comp[src] != comp[dst]
+        entered = np.zeros(comp.max() + 1, dtype=bool)
+        left_comp = np.zeros(comp.max() + 1, dtype=bool)
+        entered[comp[dst[between]]] = True
+        left_comp[comp[src[between]]] = True
+        is_start = is_start | (~entered[comp] & ~is_end)
+        is_end = is_end | ~left_comp[comp]
+    return np.flatnonzero(is_start).tolist(), is_end
+
+
 def beam_search(
     edges: np.ndarray,
     weights: np.ndarray,
@@ -575,8 +613,12 @@ def beam_search(
     *,
     length: int | None = None,
     context: cm.ContextScorer | None = None,
+    open_ends: bool = False,
 ) -> tuple[list[tuple[float, int, list[int]]], int]:
     """Complete START→END paths as (score, distinct edges used, edge ids in order), and depth.
+
+    ``open_ends``: paths may also start at a node without in-edges and end at a node without
+    out-edges (and, at ``length``, anywhere) — for spans cut out of an article.
 
     ``max_edge_uses = 1`` is the trail search of the specification (each edge at most once).
     A larger value lets a path re-use an edge that often — an HLLSet records which 3-grams
@@ -602,14 +644,15 @@ def beam_search(
     if n_edges == 0:
         return [], 0
     src, dst, left, right = _line_graph(edges, n_tokens)
-    is_end = (right == ng.END_ID).tolist()
+    start_nodes, end_mask = _terminals(src, dst, left, right, open_ends)
+    is_end = end_mask.tolist()
     # out-edges per node: best weight first, then target node, then edge id (deterministic)
     order = np.lexsort((np.arange(n_edges), dst, -weights, src))
     last_token = edges[:, 2].tolist()
     out: list[list[tuple[int, int, float, int]]] = [[] for _ in range(left.size)]
     for e in order.tolist():
         out[int(src[e])].append((e, int(dst[e]), float(weights[e]), last_token[e]))
-    starts = np.flatnonzero(left == ng.START_ID).tolist()
+    starts = start_nodes
     unlimited = max_edge_uses == 0
     levels = 1 if unlimited else max_edge_uses
     top = levels - 1
@@ -618,7 +661,7 @@ def beam_search(
     trails: list[tuple[int, int]] = []
     live = []
     for s in starts:
-        history = (ng.START_ID, int(right[s])) if context is not None else ()
+        history = (int(left[s]), int(right[s])) if context is not None else ()
         live.append((0.0, 0, s, (0,) * levels, history, -1))
     done: list[tuple[float, int, int]] = []  # (score, distinct edges, trail_id)
     depth = 0
@@ -628,8 +671,9 @@ def beam_search(
         at_length = length is not None and depth == length
         best: dict[tuple, tuple] = {}
         for score, distinct, node, masks, history, trail in live:
+            extended = False
             for e, target, w, token in out[node]:
-                if at_length and not is_end[target]:
+                if at_length and not (is_end[target] or open_ends):
                     continue
                 bit = 1 << e
                 if unlimited:
@@ -647,14 +691,21 @@ def beam_search(
                 trails.append((trail, e))
                 tid = len(trails) - 1
                 new_score = score + step
-                if is_end[target]:
+                extended = True
+                if is_end[target] and not (open_ends and out[target] and not at_length):
                     if length is None or at_length:
                         done.append((new_score, new_distinct, tid))
+                    continue
+                if open_ends and at_length:
+                    done.append((new_score, new_distinct, tid))
                     continue
                 key = (target, new_masks, new_history)
                 prev = best.get(key)
                 if prev is None or new_score > prev[0]:
                     best[key] = (new_score, new_distinct, target, new_masks, new_history, tid)
+            if open_ends and not extended and trail >= 0 and length is None:
+                # a span may end anywhere: a path that cannot go on is complete
+                done.append((score, distinct, trail))
         live = sorted(best.values(), key=lambda s: (-s[0], s[2], s[3], s[4]))[:beam_width]
     results = []
     for score, distinct, tid in done:
@@ -668,7 +719,11 @@ def beam_search(
 
 
 def covering_walks(
-    edges: np.ndarray, weights: np.ndarray, n_tokens: int, max_ends: int = 4
+    edges: np.ndarray,
+    weights: np.ndarray,
+    n_tokens: int,
+    max_ends: int = 4,
+    open_ends: bool = False,
 ) -> list[tuple[float, int, list[int]]]:
     """START→END walks that use every validated edge on a START→END route at least once.
 
@@ -687,15 +742,15 @@ def covering_walks(
     src_nodes, dst_nodes, left_ids, right_ids = _line_graph(edges, n_tokens)
     src, dst = src_nodes.tolist(), dst_nodes.tolist()
     n_nodes = left_ids.size
-    left, right = left_ids.tolist(), right_ids.tolist()
     order = np.lexsort((np.arange(n_edges), -weights, np.asarray(src))).tolist()
     out: list[list[int]] = [[] for _ in range(n_nodes)]
     into: list[list[int]] = [[] for _ in range(n_nodes)]
     for e in order:
         out[src[e]].append(e)
         into[dst[e]].append(e)
-    starts = [v for v in range(n_nodes) if left[v] == ng.START_ID][:max_ends]
-    ends = [v for v in range(n_nodes) if right[v] == ng.END_ID][:max_ends]
+    start_nodes, end_mask = _terminals(src_nodes, dst_nodes, left_ids, right_ids, open_ends)
+    starts = start_nodes[:max_ends]
+    ends = np.flatnonzero(end_mask).tolist()[:max_ends]
 
     def reach(root: int, adjacency: list[list[int]], step: list[int]) -> list[bool]:
         seen = [False] * n_nodes
@@ -793,7 +848,8 @@ def _balanced_walk(s_node, t_node, out, src, dst, keep, mult, n_nodes):
 def _patches_of_path(
     edges: np.ndarray, path: Sequence[int], token_bytes: list[bytes]
 ) -> list[bytes]:
-    ids = [int(edges[path[0], 1])] + [int(edges[e, 2]) for e in path]
+    # the first node's two tokens (a _START_ sentinel is dropped), then each edge's last one
+    ids = [int(edges[path[0], 0]), int(edges[path[0], 1])] + [int(edges[e, 2]) for e in path]
     return [token_bytes[i] for i in ids if i >= ng.FIRST_PATCH_ID]
 
 
@@ -827,6 +883,7 @@ class _Request:
     length: int | None
     context_order: int
     t0: float
+    open_ends: bool = False
 
     def result(
         self,
@@ -853,6 +910,7 @@ class _Request:
             length=self.length,
             context_order=self.context_order,
             length_fallback=length_fallback,
+            open_ends=self.open_ends,
         )
         return RestoreResult(candidates, report, () if v is None else v.cover)
 
@@ -873,12 +931,12 @@ def _unrestorable(v: Validation) -> str | None:
 
 
 def _walk_paths(
-    v: Validation, n_tokens: int, context: cm.ContextScorer | None
+    v: Validation, n_tokens: int, context: cm.ContextScorer | None, open_ends: bool = False
 ) -> list[tuple[float, int, list[int]]]:
     """The covering walks of the validated edges, scored as the beam search scores a path."""
     return [
         (path_score(v.edges, v.weights, walk, context), distinct, walk)
-        for _, distinct, walk in covering_walks(v.edges, v.weights, n_tokens)
+        for _, distinct, walk in covering_walks(v.edges, v.weights, n_tokens, open_ends=open_ends)
     ]
 
 
@@ -890,10 +948,18 @@ def _paths_of_length(
     length: int | None,
     context: cm.ContextScorer | None,
     walks: list[tuple[float, int, list[int]]],
+    open_ends: bool = False,
 ) -> tuple[list[tuple[float, int, list[int]]], int]:
     """Beam-search paths, then the walks of that length (all walks without a length); depth."""
     found, depth = beam_search(
-        v.edges, v.weights, n_tokens, beam_width, max_edge_uses, length=length, context=context
+        v.edges,
+        v.weights,
+        n_tokens,
+        beam_width,
+        max_edge_uses,
+        length=length,
+        context=context,
+        open_ends=open_ends,
     )
     found += [w for w in walks if length is None or len(w[2]) == length]
     return found, depth
@@ -907,14 +973,17 @@ def _search(
     length: int | None,
     context: cm.ContextScorer | None,
     covering_walk: bool,
+    open_ends: bool = False,
 ) -> tuple[list[tuple[float, int, list[int]]], int, bool]:
     """(paths, depth, length_fallback): the search at ``length``; when that finds nothing (long
     spans can lose it from the beam), the length-free search (trails + covering walks)."""
-    walks = _walk_paths(v, n_tokens, context) if covering_walk else []
-    paths, depth = _paths_of_length(v, n_tokens, beam_width, max_edge_uses, length, context, walks)
+    walks = _walk_paths(v, n_tokens, context, open_ends) if covering_walk else []
+    paths, depth = _paths_of_length(
+        v, n_tokens, beam_width, max_edge_uses, length, context, walks, open_ends
+    )
     if paths or length is None:
         return paths, depth, False
-    paths, depth = _paths_of_length(v, n_tokens, beam_width, 1, None, context, walks)
+    paths, depth = _paths_of_length(v, n_tokens, beam_width, 1, None, context, walks, open_ends)
     return paths, depth, True
 
 
@@ -981,6 +1050,7 @@ def restore(
     covering_walk: bool = True,
     length: int | None = None,
     use_context: bool = True,
+    open_ends: bool = False,
 ) -> RestoreResult:
     """Up to ``k`` patch orderings whose n-grams explain ``hll`` (see module docstring).
 
@@ -991,13 +1061,20 @@ def restore(
     without a length and to 0 (no limit) with one.  ``use_context`` (default on) scores
     orderings with the index's higher-order context counts when it has them.
     ``covering_walk`` (default on) adds the route-inspection candidates.
+    ``open_ends`` lets orderings start and end inside the span (not only at ``_START_`` /
+    ``_END_``): for a span that is not known to be a whole article; the search is then
+    length-free (``length`` is only reported).
     ``verify=True`` re-ingests every returned ordering and records whether it reproduces the
     HLLSet bit-for-bit (``Restored.roundtrip``).
     """
     t0 = time.perf_counter()
-    max_edge_uses = _edge_use_limit(max_edge_uses, length)
-    context = index.context if use_context else None
     _check_request(hll, index, k, beam_width, length)
+    # open ends: the span's first and last patches are usually not restorable (cut by the
+    # copy), so its patch count overstates the restorable interior: the search is length-free
+    # (a trail; a path forced to the full count loops back through repeated 2-grams)
+    search_length = None if open_ends else length
+    max_edge_uses = _edge_use_limit(max_edge_uses, search_length)
+    context = index.context if use_context else None
     request = _Request(
         p=index.p,
         n_set_bits=tuple(int(x) for x in hll.n_set_bits()),
@@ -1006,6 +1083,7 @@ def restore(
         length=length,
         context_order=context.max_order if context is not None else 0,
         t0=t0,
+        open_ends=open_ends,
     )
     if sum(request.n_set_bits) == 0:
         return request.result([], reason="the HLLSet is empty (no bit set in any layer)")
@@ -1014,11 +1092,23 @@ def restore(
     if reason is not None:
         return request.result([], v, reason=reason)
     paths, depth, fallback = _search(
-        v, index.n_tokens, beam_width, max_edge_uses, length, context, covering_walk
+        v,
+        index.n_tokens,
+        beam_width,
+        max_edge_uses,
+        search_length,
+        context,
+        covering_walk,
+        open_ends,
     )
     if not paths:
-        return request.result(
-            [], v, depth, "no _START_ -> _END_ path through the validated 3-gram edges", fallback
+        reason = (
+            "no path through the validated 3-gram edges"
+            if open_ends
+            else "no _START_ -> _END_ path through the validated 3-gram edges (for a span "
+            "that does not start and end at an article boundary, use open ends: "
+            "restore(open_ends=True), `sphere restore --open-ends`)"
         )
+        return request.result([], v, depth, reason, fallback)
     top = _distinct_top(_rank(paths, v, index.token_bytes), k)
     return request.result(_candidates(top, hll, index.p, verify), v, depth, None, fallback)

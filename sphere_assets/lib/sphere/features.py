@@ -1,7 +1,7 @@
 r"""Per-row features of embeddings for the shell placement (pure numpy).
 
-Input validation (rows named by key), the log prominence / concentration / information score,
-the deterministic PCA-3 map to S^2 and its angles, the robust level of a score
+Input validation (rows named by key), the norm / concentration of a row, the deterministic
+PCA-3 map to S^2 and its angles (the score and the fitted map: ``sphere_map.py``)
 (sphere_assets/placements/README.md, "Features of an embedding", "Angles", "Radial start").
 """
 
@@ -15,7 +15,6 @@ import numpy as np
 LOG_FLOOR = 1e-30
 NORTH_POLE = np.array([0.0, 0.0, 1.0])
 FEATURE_CHUNK = 16384  # rows per feature chunk (a few MB: stays in cache between the sums)
-LEVEL_SAMPLE = 65536  # scores sampled for the robust centre/scale of the bucketed ranks
 
 
 def name_rows(rows: np.ndarray, row_keys: Sequence | None, limit: int = 10) -> str:
@@ -162,36 +161,6 @@ def embedding_features(
     ok = yn > 1e-12
     unit = np.where(ok, y / np.where(ok, yn, 1.0), NORTH_POLE)
     return norm, conc, unit
-
-
-def zscore(x: np.ndarray) -> np.ndarray:
-    """(x - mean) / std over all rows; zeros when std == 0 or the array is empty."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return x
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
-
-
-def information_score(log_prominence: np.ndarray, concentration: np.ndarray, w_spread: float):
-    """score = z(log prominence) + w_spread * z(concentration)."""
-    return zscore(log_prominence) + w_spread * zscore(concentration)
-
-
-def score_level(score: np.ndarray) -> np.ndarray:
-    """t = Phi((score - median) / s) in [0, 1] with a robust scale from an evenly spaced sample."""
-    sample = score[evenly_spaced(score.size, LEVEL_SAMPLE)]
-    q25, med, q75 = np.percentile(sample, [25, 50, 75])
-    scale = (q75 - q25) / 1.349
-    if not scale > 0:
-        scale = sample.std()
-    if not scale > 0:
-        scale = 1.0
-    # scipy.special costs ~0.2 s to import; the placements report imports this module in every
-    # Dagster step process, so it loads here, where the placement needs it
-    from scipy.special import ndtr
-
-    return ndtr((score - med) / scale)
 
 
 def angles_of(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

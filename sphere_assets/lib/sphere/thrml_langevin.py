@@ -92,7 +92,6 @@ from sphere_assets.lib.sphere.features import (
     FEATURE_CHUNK,
     angles_of,
     check_shapes,
-    score_level,
     unit_rows,
 )
 from sphere_assets.lib.sphere.neighbours import approx_knn
@@ -450,8 +449,11 @@ def place_thrml(
     basis: sht.ShBasis | None = None,
     row_keys=None,
     device=None,
+    sphere_map=None,
 ) -> wf.Placement:
-    """THRML Langevin placement; returns a :class:`waterfill.Placement` with energy stats."""
+    """THRML Langevin placement; returns a :class:`waterfill.Placement` with energy stats.
+
+    ``sphere_map``: the fitted map (as in :func:`waterfill.place`)."""
     t0 = time.perf_counter()
     wcfg = config.waterfill
     emb = np.asarray(embeddings)
@@ -465,10 +467,10 @@ def place_thrml(
     blas = threadpool_limits(wcfg.blas_threads, "blas") if wcfg.blas_threads else nullcontext()
     with blas, jax.default_device(device) if device is not None else nullcontext():
         # one validation + feature pass feeds both the water-filling and the Langevin start
-        prep = wf.prepare_inputs(emb, prominence, wcfg, row_keys)
+        prep = wf.prepare_inputs(emb, prominence, wcfg, row_keys, sphere_map)
         lateral = wf.place_prepared(prep, wcfg, basis, None, device, t0)
         n = lateral.shell.size
-        level = score_level(prep.score)
+        level = prep.level
         t_knn = time.perf_counter()
         unit_emb = np.empty(emb.shape, np.float32)
         for i in range(0, n, FEATURE_CHUNK):
@@ -552,4 +554,6 @@ def place_thrml(
         targets=lateral.targets,
         counts=counts,
         stats=stats,
+        score=lateral.score,
+        spread_rad=lateral.spread_rad,
     )

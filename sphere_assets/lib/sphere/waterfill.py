@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sphere_assets.lib.sphere import sht
+from sphere_assets.lib.sphere import sht, spreading
+from sphere_assets.lib.sphere import sphere_map as sm
 from sphere_assets.lib.sphere.density import (
     GridShape,
     cell_index,
@@ -42,16 +43,11 @@ from sphere_assets.lib.sphere.density import (
     unit_angles,
 )
 from sphere_assets.lib.sphere.features import (
-    LOG_FLOOR,
     NORTH_POLE,
-    SphereMap,
     angles_of,
     check_prominence,
     check_shapes,
-    embedding_features,
-    fit_sphere_map,
-    information_score,
-    score_level,
+    evenly_spaced,
 )
 from sphere_assets.lib.sphere.shells import (
     balance_report,
@@ -94,6 +90,8 @@ class WaterfillConfig:
     tol_min: float = 1.0
     seed: int = 0
     blas_threads: int = 1  # BLAS threads for the skinny feature GEMMs (0 = leave as is)
+    # the final lateral step inside each shell (spreading.py); None = no spreading
+    spread: spreading.SpreadConfig | None = field(default_factory=spreading.SpreadConfig)
 
     def __post_init__(self):
         if self.n_shells < 1:
@@ -120,7 +118,7 @@ class Placement:
     phi: np.ndarray  # float32 [N], [0, 2 pi)
     xyz: np.ndarray  # float32 [N, 3] = r * unit
     unit: np.ndarray  # float32 [N, 3] final direction
-    start_unit: np.ndarray  # float32 [N, 3] plain PCA projection (before dynamics)
+    start_unit: np.ndarray  # float32 [N, 3] the map direction (before any lateral move)
     start_shell: np.ndarray  # int32 [N] rank start
     prominence: np.ndarray  # float32 [N]
     promotions: np.ndarray  # int32 [N]
@@ -130,6 +128,8 @@ class Placement:
     targets: np.ndarray  # int64 [S]
     counts: np.ndarray  # int64 [S]
     stats: dict = field(default_factory=dict)
+    score: np.ndarray | None = None  # float64 [N] information score (the map's centres)
+    spread_rad: np.ndarray | None = None  # float32 [N] angle moved by the spreading step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,28 +153,45 @@ class PreparedInputs:
     prominence: np.ndarray  # float64 [N]
     log_prominence: np.ndarray  # float64 [N]
     concentration: np.ndarray  # float64 [N]
-    score: np.ndarray  # float64 [N]
-    unit: np.ndarray  # float64 [N, 3] PCA-3 start direction
+    score: np.ndarray  # float64 [N] information score (centres of the map's fit sample)
+    level: np.ndarray  # float64 [N] Phi of the robust score (the map's median and scale)
+    unit: np.ndarray  # float64 [N, 3] map direction
     theta: np.ndarray  # float64 [N]
     phi: np.ndarray  # float64 [N]
-    sphere_map: SphereMap
+    sphere_map: sm.SphereMapModel
+
+
+def own_pca_map(emb: np.ndarray, prominence, config: WaterfillConfig) -> sm.SphereMapModel:
+    """A PCA-3 map fitted on these rows alone (standalone use of :func:`place`: tests, bench;
+    the pipeline passes the global ``sphere_map`` instead)."""
+    rows = evenly_spaced(emb.shape[0], config.pca_sample)
+    prom = None if prominence is None else np.asarray(prominence)[rows]
+    fit = sm.SphereMapConfig(method="pca3", spread_weight=config.spread_weight)
+    return sm.fit_sphere_map_model(emb[rows], prom, fit)
 
 
 def prepare_inputs(
-    embeddings, prominence=None, config: WaterfillConfig = WaterfillConfig(), row_keys=None
+    embeddings,
+    prominence=None,
+    config: WaterfillConfig = WaterfillConfig(),
+    row_keys=None,
+    sphere_map: sm.SphereMapModel | None = None,
 ) -> PreparedInputs:
-    """Validate rows and compute prominence, information score and start direction."""
+    """Validate rows; prominence, information score, level and map direction of every row with
+    ``sphere_map`` (default: :func:`own_pca_map`)."""
     emb = np.asarray(embeddings)
     check_shapes(emb, prominence, row_keys)
     if prominence is not None:
         check_prominence(prominence, row_keys)
-    smap = fit_sphere_map(emb, config.pca_sample)
-    norm, conc, unit = embedding_features(emb, smap, row_keys)
-    prom = norm if prominence is None else np.asarray(prominence, dtype=np.float64)
-    log_prom = np.log(np.maximum(prom, LOG_FLOOR))
-    score = information_score(log_prom, conc, config.spread_weight)
+    feats = sm.row_features(emb, prominence, row_keys)  # validates every row (named)
+    model = sphere_map if sphere_map is not None else own_pca_map(emb, prominence, config)
+    score = sm.score_of(model, feats["log_prominence"], feats["concentration"])
+    unit = sm.map_directions(model, emb)
     theta, phi = angles_of(unit)
-    return PreparedInputs(prom, log_prom, conc, score, unit, theta, phi, smap)
+    return PreparedInputs(
+        feats["prominence"], feats["log_prominence"], feats["concentration"], score,
+        sm.score_level(model, score), unit, theta, phi, model,
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=8)
@@ -428,7 +445,7 @@ def _empty_placement(config: WaterfillConfig) -> Placement:
         **balance_report(np.zeros_like(targets), targets, config.tol_frac, config.tol_min),
     }
     return Placement(z_i, z_f, z_f, z_f, z_3, z_3, z_3, z_i, z_f, z_i, z_i, z_i, radii, targets,
-                     np.zeros_like(targets), stats)  # fmt: skip
+                     np.zeros_like(targets), stats, np.zeros(0), z_f)  # fmt: skip
 
 
 def place(
@@ -441,8 +458,12 @@ def place(
     initial_shell: np.ndarray | None = None,
     device=None,
     devices: Sequence | None = None,
+    sphere_map: sm.SphereMapModel | None = None,
 ) -> Placement:
     """Water-filled placement (``method="lateral"``) of embedding rows; see module docstring.
+
+    ``sphere_map``: the fitted map giving directions and scores (the global ``sphere_map``
+    asset in the pipeline); default: a PCA-3 map fitted on these rows (:func:`own_pca_map`).
 
     ``prominence`` defaults to the rows' L2 norm. ``basis`` is the cached SH basis (built for
     ``config.band_limit`` when omitted; a given basis decides the band limit). ``initial_shell``
@@ -462,7 +483,7 @@ def place(
     # lot when cores are shared (spinning workers); one thread by default
     blas = threadpool_limits(config.blas_threads, "blas") if config.blas_threads else nullcontext()
     with blas, jax.default_device(device) if device is not None else nullcontext():
-        prep = prepare_inputs(emb, prominence, config, row_keys)
+        prep = prepare_inputs(emb, prominence, config, row_keys, sphere_map)
         return place_prepared(prep, config, basis, initial_shell, device, t0, devices)
 
 
@@ -513,7 +534,7 @@ def _program_args(prep: PreparedInputs, config, basis, initial_shell, targets, t
     """(per-point arrays [n_pad, ...], shared arrays) of ``_waterfill_program``."""
     n = prep.score.size
     it, ip = sht.grid_cell(basis, prep.theta, prep.phi)
-    level = prep.score if st.exact_start else score_level(prep.score)
+    level = prep.score if st.exact_start else prep.level
     unit = _padded(prep.unit, n, st.n_pad, 0.0, np.float32)
     unit[n:] = NORTH_POLE  # padding rows need a valid direction
     dyn = dict(
@@ -608,6 +629,11 @@ def place_prepared(
     shell = np.asarray(out["shell"][:n], dtype=np.int32)
     lat = np.asarray(out["lat"][:n], np.int32)
     final_unit, theta, phi = _final_directions(prep, lat, out["unit"][:n])
+    t2 = time.perf_counter()
+    final_unit, theta, phi, spread_rad, spread_stats = _spread(
+        final_unit, theta, phi, shell, config
+    )
+    t_spread = time.perf_counter() - t2
     r = radii[shell]
     counts = np.bincount(shell, minlength=config.n_shells).astype(np.int64)
     passes = int(out["it"])
@@ -629,6 +655,8 @@ def place_prepared(
         "devices": n_devices,
         "seconds_features": t_features,
         "seconds_dynamics": t_dynamics,
+        "seconds_spread": t_spread,
+        **spread_stats,
         "seconds": time.perf_counter() - t0,
         **balance_report(counts, targets, config.tol_frac, config.tol_min),
     }
@@ -649,4 +677,34 @@ def place_prepared(
         targets=targets,
         counts=counts,
         stats=stats,
+        score=prep.score,
+        spread_rad=spread_rad.astype(np.float32),
     )
+
+
+def _spread(unit, theta, phi, shell, config: WaterfillConfig):
+    """The final lateral step (``spreading.py``) inside each shell; crowding before / after.
+
+    Returns (unit, theta, phi, moved angle [N], stats)."""
+    before = spreading.crowding(unit, shell)
+    stats = {f"{k}_before": v for k, v in before.items()}
+    if config.spread is None:
+        return unit, theta, phi, np.zeros(unit.shape[0]), {
+            **stats, **{f"{k}_after": v for k, v in before.items()}, "spread_moves": 0,
+            "spread_passes": 0,
+        }  # fmt: skip
+    res = spreading.spread_within_shells(unit, shell, config.spread)
+    theta, phi = theta.copy(), phi.copy()
+    moved = np.flatnonzero(res.moved_rad > 0)
+    theta[moved], phi[moved] = angles_of(res.unit[moved])
+    after = spreading.crowding(res.unit, shell)
+    stats.update({f"{k}_after": v for k, v in after.items()})
+    stats.update(
+        spread_moves=res.moved_points,
+        spread_passes=res.passes,
+        spread_pairs_left=res.pairs_left,
+        spread_radius_deg=config.spread.radius_deg,
+        spread_p99_deg=float(np.rad2deg(np.quantile(res.moved_rad, 0.99))) if moved.size else 0.0,
+        spread_max_deg=float(np.rad2deg(res.moved_rad.max())) if moved.size else 0.0,
+    )
+    return res.unit, theta, phi, res.moved_rad, stats

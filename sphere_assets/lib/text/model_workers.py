@@ -20,6 +20,16 @@ Workers are spawned (not forked: forking a process whose OpenMP pool is running 
 child) and each loads torch, so a pool costs ~1-3 s to start; :func:`worker_count` keeps small
 inputs in-process.
 
+A clean main module in the workers (:class:`CleanMainContext`)
+    Python's spawn start method re-imports the parent's ``__main__`` in every child (as
+    ``__mp_main__``, to find functions defined there). A user script that materializes assets
+    without an ``if __name__ == "__main__":`` guard then runs again in every worker: it queues a
+    second run that waits forever on the ``heavy`` pool, and a Dagster step's main module
+    (the CLI) costs each worker seconds of imports. Everything the workers run is importable
+    from ``sphere_assets`` (module-level functions), so the workers are spawned with the main
+    module left out of the child's preparation data: the child starts from a bare interpreter,
+    imports only what unpickling the work needs, and never re-runs the parent's script.
+
 An asset's run over its shards (:func:`article_run`): the torch runtime, the pool (or this
 process), the batch size and a progress meter, set up once and shut down at the end;
 :func:`in_partition` adds the asset and partition to a per-article error.
@@ -29,13 +39,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
+from multiprocessing import context as mp_context
+from multiprocessing import popen_spawn_posix, reduction, spawn, util
 from typing import Any, TypeVar
 
 import numpy as np
@@ -49,10 +61,12 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 # Inputs below this many bytes stay in-process when the worker count is automatic. Starting and
-# stopping a pool of 2 inside a Dagster step took ~4 s (spawn, the step's main module and torch
-# imported per worker, the entropy kernel loaded, process exit): the tiny model patches
-# ~0.25 MB/s on one core and ~0.5 MB/s on two, so two workers only pay off above ~2.5 MB.
-PARALLEL_MIN_BYTES = 4_000_000
+# stopping a pool of 2 inside a Dagster step took ~4 s when every worker also imported the
+# step's main module (the Dagster CLI); with CleanMainContext a worker imports only torch and
+# the model code (~1.5-2 s, both in parallel, plus process exit). One core runs the tiny
+# model at ~0.25 MB/s, two workers at ~0.49 MB/s (BENCHMARKS.md, patching): for a start+stop
+# cost c, workers pay off above c / (1/0.25 - 1/0.49) ≈ c / 2 MB, i.e. ~1.25 MB at c = 2.5 s.
+PARALLEL_MIN_BYTES = 1_500_000
 # Batches per worker the input is cut into when its size is known: enough that the last batch
 # leaves no core idle for long (results come back in order, so the tail is where a core
 # can idle), few enough that per-task IPC (~0.1 ms against ~30 ms of compute for 8 KB) is
@@ -111,6 +125,63 @@ def byte_batches(
         yield batch
 
 
+def clean_preparation_data(name: str) -> dict:
+    """``multiprocessing.spawn.get_preparation_data`` without the parent's main module: the
+    child neither runs the parent's script nor imports its main module."""
+    data = spawn.get_preparation_data(name)
+    data.pop("init_main_from_path", None)
+    data.pop("init_main_from_name", None)
+    return data
+
+
+class _CleanMainPopen(popen_spawn_posix.Popen):
+    """The POSIX spawn launcher of CPython 3.11 (``popen_spawn_posix.Popen._launch``) with
+    :func:`clean_preparation_data` in place of the full preparation data."""
+
+    def _launch(self, process_obj) -> None:
+        from multiprocessing import resource_tracker
+
+        tracker_fd = resource_tracker.getfd()
+        self._fds.append(tracker_fd)
+        prep_data = clean_preparation_data(process_obj._name)
+        fp = io.BytesIO()
+        mp_context.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, fp)
+            reduction.dump(process_obj, fp)
+        finally:
+            mp_context.set_spawning_popen(None)
+        parent_r = child_w = child_r = parent_w = None
+        try:
+            parent_r, child_w = os.pipe()
+            child_r, parent_w = os.pipe()
+            cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
+            self._fds.extend([child_r, child_w])
+            self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
+            self.sentinel = parent_r
+            with open(parent_w, "wb", closefd=False) as f:
+                f.write(fp.getbuffer())
+        finally:
+            fds_to_close = [fd for fd in (parent_r, parent_w) if fd is not None]
+            self.finalizer = util.Finalize(self, util.close_fds, fds_to_close)
+            for fd in (child_r, child_w):
+                if fd is not None:
+                    os.close(fd)
+
+
+class _CleanMainProcess(mp_context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        return _CleanMainPopen(process_obj)
+
+
+class CleanMainContext(mp_context.SpawnContext):
+    """The spawn start method, with children that do not import the parent's ``__main__``
+    (see the module docstring)."""
+
+    Process = _CleanMainProcess
+
+
 def _start_worker(config_json: str, state: dict[str, np.ndarray], num_threads: int) -> None:
     """Worker initializer: rebuild the exact model, fix the torch runtime for the process."""
     global _worker_model
@@ -158,7 +229,7 @@ class ModelWorkers:
         self.busy_seconds = 0.0
         self._pool = ProcessPoolExecutor(
             workers,
-            mp_context=get_context("spawn"),
+            mp_context=CleanMainContext(),
             initializer=_start_worker,
             initargs=(model.config.to_json(), em.model_state_arrays(model), num_threads),
         )

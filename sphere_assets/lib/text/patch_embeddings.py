@@ -88,20 +88,39 @@ def pool_patch_embeddings(
                 ent = entropies_from_hidden(model, hidden).cpu().numpy()
                 has_byte = positions < n
                 computed[positions[has_byte]] = ent[has_byte]
-            # byte i is pooled from the hidden state at token i+1 (BOS, token 0, is skipped)
-            first = 1 if tok_start == 0 else 0
-            if first >= positions.size:
-                continue
-            rows = hidden[first:].cpu().numpy().astype(np.float64)
-            byte_pos = positions[first:] - 1
-            pid = np.searchsorted(starts, byte_pos, side="right") - 1
-            run_starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-            sums[pid[run_starts]] += np.add.reduceat(rows, run_starts, axis=0)
+            part = pool_chunk(hidden, tok_start, starts)
+            if part is not None:
+                sums[part[0]] += part[1]
+    entropy = computed if byte_entropy is None else byte_entropy
+    return finish_pooling(sums, starts, lengths, entropy)
+
+
+def pool_chunk(hidden, tok_start: int, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(patch ids, float64 sums of their rows) of one hidden chunk ``[n, D]`` starting at token
+    ``tok_start``, given the patch ``starts`` of every byte the chunk covers; None for a chunk
+    with no byte (BOS alone). Byte i is pooled from the hidden state at token i+1 (BOS, token 0,
+    is skipped); rows of one patch are summed with ``np.add.reduceat`` over contiguous runs."""
+    positions = np.arange(tok_start, tok_start + hidden.shape[0])
+    first = 1 if tok_start == 0 else 0
+    if first >= positions.size:
+        return None
+    rows = hidden[first:].cpu().numpy().astype(np.float64)
+    byte_pos = positions[first:] - 1
+    pid = np.searchsorted(starts, byte_pos, side="right") - 1
+    run_starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+    return pid[run_starts], np.add.reduceat(rows, run_starts, axis=0)
+
+
+def finish_pooling(
+    sums: np.ndarray, starts: np.ndarray, lengths: np.ndarray, byte_entropy: np.ndarray
+) -> PatchVectors:
+    """PatchVectors from the per-patch float64 row ``sums`` (divided in place into the means),
+    the patches and the per-byte entropies."""
     sums /= np.maximum(lengths, 1)[:, None]  # in place: the means
     prominence = np.linalg.norm(sums, axis=1).astype(np.float32)
     embeddings = sums.astype(np.float32)
     del sums
-    entropy = np.asarray(computed if byte_entropy is None else byte_entropy, dtype=np.float32)
+    entropy = np.asarray(byte_entropy, dtype=np.float32)
     if starts.size:
         patch_entropy = (np.add.reduceat(entropy.astype(np.float64), starts) / lengths).astype(
             np.float32

@@ -30,19 +30,18 @@ def test_librarian_export():
     assert empty["bytes"].shape == (0, 0) and empty["target"].shape == (0, 3)
 
 
-def test_lvm_sequences_windows_stay_inside_articles():
+def test_lvm_windows_stay_inside_articles():
     # rows deliberately shuffled; article "a" has patches 0..6, "b" has 0..2 (too short), "c"
     # has a gap (0,1,2,3,5,6) so no window crosses the gap
     arts = ["a"] * 7 + ["b"] * 3 + ["c"] * 6
     pidx = list(range(7)) + [0, 1, 2] + [0, 1, 2, 3, 5, 6]
     perm = np.random.default_rng(0).permutation(16)
     emb = np.arange(16 * 2, dtype=np.float32).reshape(16, 2)
-    out = exports.lvm_sequences(emb[perm], np.array(arts)[perm], np.array(pidx)[perm], window=5)
-    rows = out["rows"]
-    assert rows.shape == (2, 6)  # a: windows starting at 0 and 1
+    rows = exports.lvm_windows(np.array(arts)[perm], np.array(pidx)[perm], window=5)
+    assert rows.shape == (2, 6) and rows.dtype == np.int64  # a: windows starting at 0 and 1
     orig = perm[rows]  # back to the unshuffled row numbers
     np.testing.assert_array_equal(orig, [[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]])
-    np.testing.assert_array_equal(out["inputs"], emb[orig[:, :5]])
-    np.testing.assert_array_equal(out["target"], emb[orig[:, 5]])
-    none = exports.lvm_sequences(emb[:3], ["a"] * 3, [0, 1, 2])
-    assert none["inputs"].shape == (0, 5, 2)
+    inputs, target = exports.lvm_gather(emb[perm], rows)
+    np.testing.assert_array_equal(inputs, emb[orig[:, :5]])
+    np.testing.assert_array_equal(target, emb[orig[:, 5]])
+    assert exports.lvm_windows(["a"] * 3, [0, 1, 2]).shape == (0, 6)

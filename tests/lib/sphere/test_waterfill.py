@@ -171,7 +171,8 @@ def test_bucketed_start_then_dynamics_balance():
 
 
 def test_warm_start_overflow_and_lateral_moves():
-    cfg = wf.WaterfillConfig(n_shells=16, band_limit=16, lateral_threshold=0.05)
+    # the SH-density lateral step alone (the spreading step after it: the test below)
+    cfg = wf.WaterfillConfig(n_shells=16, band_limit=16, lateral_threshold=0.05, spread=None)
     x, _ = clustered(1000)
     init = np.zeros(1000, np.int64)  # everything poured into the innermost shell
     p = wf.place(x, config=cfg, initial_shell=init)
@@ -195,7 +196,7 @@ def test_warm_start_overflow_and_lateral_moves():
 
 
 def test_lateral_threshold_off_means_no_lateral_moves():
-    cfg = wf.WaterfillConfig(n_shells=16, band_limit=16, lateral_threshold=1e9)
+    cfg = wf.WaterfillConfig(n_shells=16, band_limit=16, lateral_threshold=1e9, spread=None)
     x, _ = clustered(1000)
     p = wf.place(x, config=cfg, initial_shell=np.zeros(1000, int))
     assert p.stats["lateral_moves"] == 0
@@ -251,3 +252,20 @@ def test_points_sharded_over_two_host_devices(tmp_path):
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_spreading_step_opens_pile_ups_without_changing_shells():
+    # 40% of the rows are copies of 8 vectors: piles of identical directions in a few shells
+    x, _ = clustered(2000)
+    x[: 800] = x[np.arange(800) % 8]
+    off = wf.place(x, config=wf.WaterfillConfig(n_shells=16, band_limit=16, spread=None))
+    on = wf.place(x, config=wf.WaterfillConfig(n_shells=16, band_limit=16))
+    np.testing.assert_array_equal(on.shell, off.shell)  # balance untouched
+    np.testing.assert_array_equal(on.start_unit, off.start_unit)  # the map direction
+    st = on.stats
+    # the goal: at most 1% of points with a same-shell neighbour within 0.01 degrees
+    assert st["crowding_0.01deg_before"] > 0.3 and st["crowding_0.01deg_after"] <= 0.01
+    assert st["spread_moves"] == int((on.spread_rad > 0).sum()) > 0
+    ang = np.arccos(np.clip((on.unit.astype(np.float64) * off.unit).sum(1), -1, 1))
+    np.testing.assert_allclose(ang, on.spread_rad, atol=1e-3)  # spread = the angle moved
+    assert np.all(on.spread_rad <= 3 * 0.5 * np.deg2rad(0.5) + 1e-6)  # 3 passes of 0.25 deg

@@ -160,3 +160,56 @@ def test_a_dead_worker_is_a_clear_error(model):
     with mw.ModelWorkers(model, 1) as workers:
         with pytest.raises(RuntimeError, match="worker process died"):
             list(workers.imap(_exit_worker, [[1]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# A script without an `if __name__ == "__main__":` guard is not re-run by the workers
+# ---------------------------------------------------------------------------------------------
+
+UNGUARDED_SCRIPT = """
+import os
+with open(os.environ["MARKER"], "a") as fh:  # every import of this file leaves a line
+    fh.write(f"{os.getpid()} {__name__}\\n")
+import torch
+from sphere_assets.lib.text import entropy_model as em, model_workers as mw, patcher as pt
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = em.build_model(em.EntropyModelConfig.tiny(dim=16, n_layers=1, n_heads=2, window=8))
+articles = [(f"a{i}", b"some text for the workers " * 40) for i in range(6)]
+with mw.ModelWorkers(model.eval(), 2, 1) as pool:
+    out = list(pt.patch_articles(model, articles, 1.0, workers=pool, batch_bytes=1))
+    pids = set(pool._pool._processes)
+print("patched", len(out), "workers", len(pids))
+"""
+
+
+@pytest.mark.slow
+def test_workers_do_not_rerun_an_unguarded_script(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    marker = tmp_path / "imports.txt"
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "MARKER": str(marker), "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "patched 6 workers 2" in proc.stdout
+    # the script ran once, as __main__: the two workers imported neither it nor __mp_main__
+    lines = marker.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(" __main__"), lines
+
+
+def test_clean_preparation_data_leaves_out_the_main_module():
+    data = mw.clean_preparation_data("x")
+    assert "init_main_from_path" not in data and "init_main_from_name" not in data
+    assert data["sys_path"] and "dir" in data  # the rest of the child's setup is kept

@@ -79,7 +79,9 @@ def test_materialize_all_creates_instance_runs_of_the_jobs(small_run):
     assert targets[1] == ["entropy_model"]
     assert targets[2] == sorted(
         ["blt_patches", "article_hllsets", "ngram_index", "patch_embeddings", "adjacency"]
+        + ["embedding_ann"]
     )
+    assert targets[3] == ["adjacency_merged", "ngram_vocabulary", "sphere_map"]
     assert targets[4] == ["sh_basis"] and targets[6] == ["duckdb_catalog"]
     shard_range = {
         "dagster/asset_partition_range_start": "0",

@@ -24,6 +24,7 @@ from sphere_assets.patching.blt_patches import blt_patches
 from sphere_assets.patching.entropy_model import entropy_model
 from sphere_assets.patching.patch_embeddings import patch_embeddings
 from sphere_assets.placements.shell_placements import shell_placements
+from sphere_assets.placements.sphere_map import sphere_map
 from tests.patching.materialize import MODEL_CONFIG
 
 pytestmark = pytest.mark.slow  # a whole-pipeline range run: left out of `make test-fast`
@@ -81,7 +82,13 @@ def test_range_runs_record_each_partitions_own_metadata(resources):
         run_config=dg.RunConfig(ops={"entropy_model": MODEL_CONFIG}),
     )
     _materialize(resources, instance, [sh_basis], partition_key="32")
-    run = _materialize(resources, instance, RANGE_ASSETS, tags=RANGE)
+    run = _materialize(resources, instance, RANGE_ASSETS[:-1], tags=RANGE)
+    # the global map between the shard stages, as materialize-all orders them
+    _materialize(
+        resources, instance, [sphere_map],
+        run_config=dg.RunConfig(ops={"sphere_map": {"config": {"sample_size": 2000, "steps": 60}}}),
+    )  # fmt: skip
+    _materialize(resources, instance, RANGE_ASSETS[-1:], tags=RANGE)
 
     for asset in [*RANGE_ASSETS, raw_articles]:
         counts = {}

@@ -21,7 +21,7 @@ from sphere_assets.harmonics import sh_basis as harmonics
 from sphere_assets.patching.report import histogram_markdown
 from sphere_assets.placements import defs
 from sphere_assets.placements import shell_placements as placements
-from tests.placements.test_shell_placements import write_embeddings
+from tests.placements.test_shell_placements import fit_map, write_embeddings
 
 SHARDS = ["0", "1", "2", "3"]
 RANGE = {
@@ -63,6 +63,7 @@ def test_range_run_gives_every_shard_its_own_small_pictures_first(resources, tmp
     assert dg.materialize(
         [harmonics.sh_basis], partition_key=placements.BAND_LIMIT, resources=resources
     ).success
+    assert fit_map(resources).success
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:

@@ -257,7 +257,7 @@ def test_points_sharded_over_two_host_devices(tmp_path):
 def test_spreading_step_opens_pile_ups_without_changing_shells():
     # 40% of the rows are copies of 8 vectors: piles of identical directions in a few shells
     x, _ = clustered(2000)
-    x[: 800] = x[np.arange(800) % 8]
+    x[:800] = x[np.arange(800) % 8]
     off = wf.place(x, config=wf.WaterfillConfig(n_shells=16, band_limit=16, spread=None))
     on = wf.place(x, config=wf.WaterfillConfig(n_shells=16, band_limit=16))
     np.testing.assert_array_equal(on.shell, off.shell)  # balance untouched

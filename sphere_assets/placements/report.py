@@ -242,8 +242,7 @@ def map_quality(model: sm.SphereMapModel, sample: np.ndarray) -> dict:
     from sklearn.manifold import trustworthiness
 
     unit = sm.map_directions(model, sample)
-    pca = sm.fit_sphere_map_model(sample, None, sm.SphereMapConfig(method="pca3"))
-    unit_pca = sm.map_directions(pca, sample)
+    unit_pca = sm.map_directions(model.as_pca3(), sample)
     rows = evenly_spaced(sample.shape[0], TRUST_ROWS)
     x = sample[rows].astype(np.float64)
     k = min(RECALL_K, max(1, rows.size // 2 - 1))

@@ -31,8 +31,8 @@ CODE_VERSIONS: dict[str, str] = {
     "adjacency": "2",  # 2: lib/sketch/restore.py open ends
     "adjacency_merged": "2",  # 2: lib/sketch/restore.py open ends
     # placements
-    "sphere_map": "1",
-    "shell_placements": "4",  # 4: the global sphere_map, spreading, map/score/spread columns
+    "sphere_map": "2",  # 2: the PCA-3 baseline read from the model, not refitted (same output)
+    "shell_placements": "5",  # 4: global sphere_map, spreading, map columns; 5: refactor only
     # navigate
     "sphere_index": "1",
     "embedding_ann": "1",

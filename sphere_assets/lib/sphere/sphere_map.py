@@ -49,7 +49,7 @@ Bad input: an empty sample, NaN/inf values, or a dimension that does not match t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numba
 import numpy as np
@@ -126,6 +126,10 @@ class SphereMapModel:
     @property
     def dim(self) -> int:
         return int(self.mean.shape[0])
+
+    def as_pca3(self) -> SphereMapModel:
+        """The plain PCA-3 map of the same fit sample (its axes are stored with every model)."""
+        return replace(self, method="pca3")
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays of the model (safetensors)."""
@@ -355,24 +359,13 @@ def row_features(embeddings: np.ndarray, prominence=None, row_keys=None) -> dict
     """prominence (default: the row norm), log prominence and concentration [N] (float64) of
     each row; ValueError naming rows (by key when given) with NaN/inf values."""
     emb = np.asarray(embeddings)
-    norm, conc, _ = embedding_features(emb, AXES_MAP.get(emb.shape[1]), row_keys)
+    # embedding_features wants a PCA map; only its norms and concentrations are used here
+    axes = fit_sphere_map(np.zeros((0, emb.shape[1]), np.float32))
+    norm, conc, _ = embedding_features(emb, axes, row_keys)
     prom = norm if prominence is None else np.asarray(prominence, dtype=np.float64)
     return dict(
         prominence=prom, log_prominence=np.log(np.maximum(prom, LOG_FLOOR)), concentration=conc
     )
-
-
-class _AxesMaps(dict):
-    """The coordinate-axes PCA map per dimension (``embedding_features`` wants one; only its
-    norms and concentrations are used here)."""
-
-    def get(self, dim: int):  # noqa: D102
-        if dim not in self:
-            self[dim] = fit_sphere_map(np.zeros((0, dim), np.float32))
-        return self[dim]
-
-
-AXES_MAP = _AxesMaps()
 
 
 def map_scores(model: SphereMapModel, embeddings: np.ndarray, prominence=None, row_keys=None):
@@ -596,9 +589,9 @@ def fit_sphere_map_model(
             layout_spread_moves=opened.moved_points,
             layout_pairs_left=opened.pairs_left,
         )
-        model = _replace(model, **_landmark_tensors(u, opened.unit, config))
+        model = replace(model, **_landmark_tensors(u, opened.unit, config))
     unit = map_directions(model, emb)
-    model = _replace(model, direction_histogram=direction_histogram(unit))
+    model = replace(model, direction_histogram=direction_histogram(unit))
     ref = 0.0
     if sample_shard is not None:
         ref = max(
@@ -611,10 +604,4 @@ def fit_sphere_map_model(
         **fit_report,
         "fit_seconds": round(time.perf_counter() - t0, 3),
     }
-    return _replace(model, reference_drift=float(ref), report=report)
-
-
-def _replace(model: SphereMapModel, **changes) -> SphereMapModel:
-    from dataclasses import replace
-
-    return replace(model, **changes)
+    return replace(model, reference_drift=float(ref), report=report)

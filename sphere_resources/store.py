@@ -13,7 +13,8 @@ A partition is written into a fresh staging directory outside the root (so no gl
 root, ``**`` included, ever sees a file being written; inside the root as ``.staging`` only when
 the root is a mount point), sealed with its manifest, and swapped into place with one atomic
 ``renameat2(RENAME_EXCHANGE)``: the partition path always names a complete version, the old or
-the new, never nothing, and the old one is then deleted. A crash mid-write leaves the previous
+the new, never nothing, and the old one is deleted after a short grace (``swap.retire``: a
+reader that opened the old directory an instant before the swap still lists its files). A crash mid-write leaves the previous
 partition untouched; the next writer of that partition removes the leftovers (or
 ``Warehouse.clean_staging`` all of them). Writers of one partition take turns on its lock.
 
@@ -68,7 +69,7 @@ from sphere_resources.integrity import (
     parse_safetensors,
     verify_bytes,
 )
-from sphere_resources.swap import PartitionLock, exchange, staging_root_for
+from sphere_resources.swap import PartitionLock, exchange, in_grace, retire, staging_root_for
 
 __all__ = ["MANIFEST_NAME", "DamagedFileError", "Warehouse"]
 
@@ -78,7 +79,7 @@ LOCK_DIR = ".locks"
 LOCK_TIMEOUT_S = 600.0  # a second writer of a partition waits this long for the first
 READ_ATTEMPTS = 8  # reads started over when writers keep swapping the partition meanwhile
 FALLBACK_SWAP_WAIT_S = 2.0  # how long a reader waits out a two-rename swap (no RENAME_EXCHANGE)
-_STAGED = re.compile(r"^(.+)\.[0-9a-f]{32}(\.old)?$")  # <slot>.<uuid>[.old]
+_STAGED = re.compile(r"^(.+)\.[0-9a-f]{32}(\.old(-\d+)?)?$")  # <slot>.<uuid>[.old[-<deadline>]]
 _LEGACY_STAGED = re.compile(r"^(.+)-[0-9a-f]{32}$")  # the old layout's <asset>-<uuid>
 # Parquet writer settings are fixed so output bytes depend only on the rows.
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=1, write_statistics=True)
@@ -298,7 +299,7 @@ class Warehouse:
             )
             gone.parent.mkdir(parents=True, exist_ok=True)
             os.rename(final, gone)
-            shutil.rmtree(gone, ignore_errors=True)
+            retire(gone)
         with contextlib.suppress(OSError):
             final.parent.rmdir()  # the asset's directory, when that was its last partition
         return True
@@ -314,14 +315,14 @@ class Warehouse:
             os.rename(staging, final)  # a rename onto a missing name is atomic
             return
         if exchange(staging, final):
-            shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous version
+            retire(staging)  # it now holds the previous version
             return
         # No RENAME_EXCHANGE here: two renames; a reader that finds the directory missing while
         # this writer holds the lock waits for it (see _open_dir).
         old = staging.with_name(staging.name + ".old")
         os.rename(final, old)
         os.rename(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
+        retire(old)
 
     def _clean_partition_staging(self, asset: str, partition: str | None) -> int:
         """Remove staging left by crashed writers of this partition (the caller holds its lock,
@@ -331,7 +332,11 @@ class Warehouse:
         prefix = self._slot(asset, partition) + "."
         if base.is_dir():
             for child in base.iterdir():
-                if child.name.startswith(prefix) and _STAGED.match(child.name):
+                if (
+                    child.name.startswith(prefix)
+                    and _STAGED.match(child.name)
+                    and not in_grace(child.name)
+                ):
                     shutil.rmtree(child, ignore_errors=True)
                     removed += 1
         return removed + self._clean_legacy(asset)
@@ -368,7 +373,7 @@ class Warehouse:
                 continue
             for child in asset_dir.iterdir():
                 m = _STAGED.match(child.name)
-                if not m:
+                if not m or in_grace(child.name):
                     continue
                 lock = PartitionLock(
                     self.root / LOCK_DIR / asset_dir.name / f"{m.group(1)}.lock", 0, child.name

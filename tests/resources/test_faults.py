@@ -4,10 +4,12 @@ writers that race run in their own processes."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -24,7 +26,7 @@ from sphere_resources.integrity import (
 )
 from sphere_resources.pg_publish import source_path
 from sphere_resources.store import Warehouse, read_safetensors
-from sphere_resources.swap import LockTimeout
+from sphere_resources.swap import RETIRE_GRACE_S, LockTimeout, in_grace
 from tests.resources.test_store import TEST_CONTRACT, articles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -379,8 +381,35 @@ def test_crash_leftovers_stay_out_of_globs_and_go_at_the_next_write(tmp_path):
     with wh.partition_writer("raw_articles", "0") as w:  # the next write cleans up first
         w.write_table(articles(4, "b-"))
     assert duckdb.execute(everything).fetchone() == (4,)
-    assert not list(wh.staging_root.rglob("*.parquet"))
+    # the crash's partial write is gone; what remains is the replaced version, kept for its grace
+    staged = list(wh.staging_root.rglob("*.parquet"))
+    assert [pq.read_metadata(f).num_rows for f in staged] == [3]
+    assert all(in_grace(f.parent.name) for f in staged)
     assert not legacy.exists() and not (root / ".trash").exists()
+    time.sleep(RETIRE_GRACE_S + 0.5)  # then the reaper deletes it
+    assert not list(wh.staging_root.rglob("*.parquet"))
+
+
+def test_a_reader_holding_the_old_directory_still_lists_it_after_the_swap(tmp_path):
+    """DuckDB's glob resolves a partition directory and lists it a moment later; a swap in
+    between must not leave that listing empty (it did once in CI: "No files found")."""
+    wh = Warehouse(tmp_path / "wh")
+    with wh.partition_writer("raw_articles", "0") as w:
+        w.write_table(articles(3, "a-"))
+    fd = os.open(wh.partition_dir("raw_articles", "0"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with wh.partition_writer("raw_articles", "0") as w:
+            w.write_table(articles(5, "b-"))
+        assert "part-0.parquet" in os.listdir(fd)  # the old version, still whole
+        with open("part-0.parquet", "rb", opener=lambda p, f: os.open(p, f, dir_fd=fd)) as fh:
+            assert pq.read_metadata(fh).num_rows == 3
+        assert wh.clean_staging() == 0  # cleaners leave a version in its grace alone
+        assert "part-0.parquet" in os.listdir(fd)
+        time.sleep(RETIRE_GRACE_S + 0.5)
+        assert os.listdir(fd) == []  # deleted once the grace ran out
+    finally:
+        os.close(fd)
+    assert len(wh.read_table("raw_articles", "0")) == 5
 
 
 def test_clean_staging_leaves_a_write_in_progress_alone(tmp_path):

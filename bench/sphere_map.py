@@ -18,13 +18,19 @@ For every real corpus (a warehouse holding patch_embeddings) and for a synthetic
 * placement with the water-filling (per shard): crowding (share of points with a same-shell
   neighbour within 0.01 / 0.5 degrees) before and after the spreading step, union recall before
   and after it, balance per shard and of the union;
-* throughput of the map alone and of a whole placement at 1M points, and peak RSS.
+* throughput of the map alone and of a whole placement at 1M points, and peak RSS (the map's
+  throughput and peak in a child process that only places: ``--throughput-only``).
+
+Each corpus and the throughput run in their own child process (``--phase``), so the bench
+process holds no corpus, fit or metric and each phase's peak RSS is its own (printed at the end
+of the phase; the largest of them next to the bench process's own at the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +55,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def own_peak_rss_gb() -> float:
+    """Peak RSS of this process image (VmHWM: reset by exec, unlike ru_maxrss, which a child
+    inherits from the parent it was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return peak_rss_gb()
+
+
 def load_warehouse(root: str) -> dict:
     from sphere_assets.placements import io
     from sphere_resources.warehouse import Warehouse
@@ -71,7 +86,9 @@ def synthetic(n: int, dim: int = 64, clusters: int = 60, groups: int = 40000, se
     gc = centres[rng.integers(0, clusters, groups)]
     gc += 0.35 * rng.standard_normal((groups, dim)).astype(np.float32)
     emb = gc[rng.integers(0, groups, n)]
-    emb += 0.04 * rng.standard_normal((n, dim)).astype(np.float32)
+    for a in range(0, n, 65536):  # the same draws as one call, without an [n, D] float64 array
+        m = min(65536, n - a)
+        emb[a : a + m] += 0.04 * rng.standard_normal((m, dim)).astype(np.float32)
     emb *= np.exp(0.3 * rng.standard_normal(n)).astype(np.float32)[:, None]
     return {
         "name": f"synthetic {n:,} x {dim}",
@@ -207,30 +224,79 @@ def bench_corpus(data: dict, use_umap: bool, sample_size: int) -> dict:
     print(f"  balance: every shard {bal_ok}, union {whole['ok']} "
           f"(max |count - target| {whole['max_abs_deviation']})")  # fmt: skip
     res.update(crowding=wavg, recall_placed=after, balanced=bal_ok and whole["ok"])
-    print(f"peak RSS so far {peak_rss_gb():.2f} GB")
+    print(f"peak RSS of this phase's process {own_peak_rss_gb():.2f} GB")
     return res
 
 
 def bench_throughput(n: int) -> None:
+    """Map and PCA-3 throughput at n synthetic rows, measured in a child process that only
+    places (its peak RSS is the placement's own, not the bench's: UMAP, metrics, fits)."""
+    import json
+    import subprocess
+    import tempfile
+
     data = synthetic(n)
     emb = data["embeddings"]
     model = sm.fit_sphere_map_model(emb[evenly_spaced(n, 16384)], None, sm.SphereMapConfig())
-    sm.map_directions(model, emb[:100])  # compiled kernels loaded
-    rss0 = peak_rss_gb()
-    t = time.perf_counter()
-    sm.map_directions(model, emb)
-    t_map = time.perf_counter() - t
-    pca = fit_sphere_map(emb, 16384)
-    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sphere_map_bench_") as tmp:
+        np.save(f"{tmp}/embeddings.npy", emb)
+        np.savez(f"{tmp}/model.npz", **model.tensors())
+        Path(f"{tmp}/scalars.json").write_text(json.dumps(model.scalars()))
+        del data, emb
+        child = [sys.executable, __file__, "--place-only", tmp]
+        res = json.loads(subprocess.run(child, check=True, capture_output=True).stdout)
+    t_map, t_pca, t_scores = res["map_s"], res["pca_s"], res["scores_s"]
+    print(f"\n== throughput at {n:,} rows (D = {res['dim']}), a child process that only places")
+    print(f"  map (neighbour):  {t_map:.2f} s = {n / t_map / 1e6:.2f}M rows/s "
+          f"(CPU {res['map_cpu_s']:.2f} s, {res['threads']} threads)")  # fmt: skip
+    print(f"  PCA-3 projection: {t_pca:.2f} s = {n / t_pca / 1e6:.2f}M rows/s "
+          f"(CPU {res['pca_cpu_s']:.2f} s; map / PCA-3: {t_map / t_pca:.1f}x wall time, "
+          f"{res['map_cpu_s'] / res['pca_cpu_s']:.1f}x CPU time)")  # fmt: skip
+    print(f"  map_scores (features + score + map + angles): {t_scores:.2f} s = "
+          f"{n / t_scores / 1e6:.2f}M rows/s")  # fmt: skip
+    print(f"  peak RSS of the placing process: {res['rss_after_map_gb']:.2f} GB after the map "
+          f"pass ({res['rss_loaded_gb']:.2f} GB with the embeddings loaded), "
+          f"{res['rss_end_gb']:.2f} GB at the end; the phase's process "
+          f"{own_peak_rss_gb():.2f} GB")  # fmt: skip
+
+
+def place_only(folder: str) -> None:
+    """The child of ``bench_throughput``: load, place, time, print JSON."""
+    import json
+
+    import numba
+
     from sphere_assets.lib.sphere.features import embedding_features
 
+    emb = np.load(f"{folder}/embeddings.npy")
+    tensors = dict(np.load(f"{folder}/model.npz"))
+    model = sm.SphereMapModel.from_tensors(
+        tensors, json.loads(Path(f"{folder}/scalars.json").read_text())
+    )
+    sm.map_scores(model, emb[:100])  # compiled kernels loaded
+    rss_loaded = own_peak_rss_gb()
+    t, c = time.perf_counter(), time.process_time()
+    sm.map_directions(model, emb)
+    t_map, c_map = time.perf_counter() - t, time.process_time() - c
+    rss_map = own_peak_rss_gb()
+    pca = fit_sphere_map(emb, 16384)
+    t, c = time.perf_counter(), time.process_time()
     embedding_features(emb, pca)
-    t_pca = time.perf_counter() - t
-    print(f"\n== throughput at {n:,} rows (D = {emb.shape[1]})")
-    print(f"  map (neighbour):  {t_map:.2f} s = {n / t_map / 1e6:.2f}M rows/s")
-    print(f"  PCA-3 projection: {t_pca:.2f} s = {n / t_pca / 1e6:.2f}M rows/s "
-          f"(ratio {t_map / t_pca:.1f}x)")  # fmt: skip
-    print(f"  peak RSS {peak_rss_gb():.2f} GB (before the map pass {rss0:.2f} GB)")
+    t_pca, c_pca = time.perf_counter() - t, time.process_time() - c
+    t = time.perf_counter()
+    sm.map_scores(model, emb)
+    t_scores = time.perf_counter() - t
+    print(json.dumps({
+        "dim": int(emb.shape[1]), "threads": numba.get_num_threads(),
+        "map_s": t_map, "map_cpu_s": c_map, "pca_s": t_pca, "pca_cpu_s": c_pca, "scores_s": t_scores,
+        "rss_loaded_gb": rss_loaded, "rss_after_map_gb": rss_map, "rss_end_gb": own_peak_rss_gb(),
+    }))  # fmt: skip
+
+
+def run_phase(*phase: str, common: list[str]) -> None:
+    """One phase of the bench in a child process (its memory is returned when it exits)."""
+    sys.stdout.flush()
+    subprocess.run([sys.executable, __file__, "--phase", *phase, *common], check=True)
 
 
 def main() -> None:
@@ -239,12 +305,33 @@ def main() -> None:
     ap.add_argument("--synthetic", type=int, default=1_000_000, help="synthetic rows (0: none)")
     ap.add_argument("--no-umap", action="store_true")
     ap.add_argument("--sample", type=int, default=16384)
+    ap.add_argument("--place-only", metavar="DIR", help=argparse.SUPPRESS)  # throughput child
+    ap.add_argument("--throughput-only", action="store_true", help="only the 1M-row throughput")
+    ap.add_argument("--phase", nargs=2, metavar=("KIND", "WHAT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    for root in args.warehouse or [str(ROOT / "data" / "warehouse")]:
-        bench_corpus(load_warehouse(root), not args.no_umap, args.sample)
-    if args.synthetic:
-        bench_corpus(synthetic(args.synthetic), not args.no_umap, args.sample)
+    if args.place_only:
+        place_only(args.place_only)
+        return
+    if args.throughput_only:
         bench_throughput(args.synthetic)
+        return
+    if args.phase:  # a child of the run below: warehouse ROOT | synthetic N | throughput N
+        kind, what = args.phase
+        if kind == "throughput":
+            bench_throughput(int(what))
+        else:
+            data = load_warehouse(what) if kind == "warehouse" else synthetic(int(what))
+            bench_corpus(data, not args.no_umap, args.sample)
+        return
+    common = ["--sample", str(args.sample)] + (["--no-umap"] if args.no_umap else [])
+    for root in args.warehouse or [str(ROOT / "data" / "warehouse")]:
+        run_phase("warehouse", root, common=common)
+    if args.synthetic:
+        run_phase("synthetic", str(args.synthetic), common=common)
+        run_phase("throughput", str(args.synthetic), common=common)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+    print(f"\npeak RSS: bench process {own_peak_rss_gb():.2f} GB (holds no corpus); largest phase "
+          f"process {children:.2f} GB (the throughput phase's placing process included)")  # fmt: skip
 
 
 if __name__ == "__main__":

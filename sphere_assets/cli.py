@@ -127,9 +127,23 @@ def plan_stages(defs) -> list[tuple[object, list]]:
     return stages
 
 
-def materialize_all(partition_filter: set[str] | None = None, verbose: bool = False) -> int:
+def progress_stream(choice: str, verbose: bool):
+    """Where the one-line progress display draws (sphere_assets/refresh/progress.py): stdout
+    when it is a terminal (``auto``) or always (``on``); None on a pipe or file, with
+    ``--verbose`` (Dagster's events would interleave with it) or ``--progress off``."""
+    if verbose or choice == "off":
+        return None
+    if choice == "on" or sys.stdout.isatty():
+        return sys.stdout
+    return None
+
+
+def materialize_all(
+    partition_filter: set[str] | None = None, verbose: bool = False, progress: str = "auto"
+) -> int:
     """Every stage as one real instance run of its job (sphere_assets/refresh/materialize.py),
-    one line per stage/partition, a summary table at the end."""
+    one line per stage/partition, a summary table at the end; on a terminal, one line redrawn in
+    place shows the running stage's current step, count, rate and ETA."""
     ensure_dagster_home()
     import dagster as dg
 
@@ -152,7 +166,13 @@ def materialize_all(partition_filter: set[str] | None = None, verbose: bool = Fa
         if verbose:
             print(f"--> {run.label()}", flush=True)
         outcome = mz.execute_stage_run(
-            instance, run, str(PROJECT.root), run_tags(), verbose=verbose
+            instance,
+            run,
+            str(PROJECT.root),
+            run_tags(),
+            verbose=verbose,
+            progress=progress_stream(progress, verbose),
+            progress_label=f"[{run.stage}/{len(stages)}] {run.job_name}{run.span()}",
         )
         outcomes.append(outcome)
         for line in mz.outcome_lines(outcome, len(stages)):
@@ -235,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     p_all.add_argument(
         "--verbose", action="store_true", help="print Dagster's events (DEBUG) of every run"
     )
+    p_all.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="one progress line redrawn in place while a stage runs (auto: on a terminal only)",
+    )
     sub.add_parser("plan", help="print the materialization stages")
     sub.add_parser(
         "dead-runs", help="mark runs whose process is gone failed and free their pool slots"
@@ -259,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in PROJECT.describe("SPHERE_WAREHOUSE", "SPHERE_CATALOG", "DAGSTER_HOME"):
             print(line, flush=True)
         wanted = {p for p in args.partitions.split(",") if p} or None
-        return materialize_all(wanted, verbose=args.verbose)
+        return materialize_all(wanted, verbose=args.verbose, progress=args.progress)
     if args.cmd == "plan":
         from sphere_assets.definitions import defs
 

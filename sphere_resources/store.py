@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import save as st_save
 
+from sphere_resources import mapped
 from sphere_resources.contracts import (
     PARQUET_PART_NAME,
     AssetContract,
@@ -560,6 +561,128 @@ class Warehouse:
             raise DamagedFileError(asset, partition, path, str(exc)) from None
         validate_tensors(contract_for(asset), partition, stem, arrays)
         return arrays, metadata
+
+    # -- memory-mapped reads (verify once per file identity; see sphere_resources.mapped) -----
+    @property
+    def cache_root(self) -> Path | None:
+        """Beside the root (``.<root name>.cache``): verified stamps and derived files; None
+        when nothing can be written there (then nothing is cached and every open hashes)."""
+        if not hasattr(self, "_cache_root"):
+            self._cache_root = mapped.cache_root_for(self.root)
+        return self._cache_root
+
+    def open_tensors_mmap(
+        self, asset: str, partition: str | None, stem: str
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Read-only memory-mapped arrays and metadata of a partition's safetensors file.
+
+        O(header) once the file is known good: the arrays are views of a read-only ``mmap``
+        (pages are read when touched). The size is checked against the manifest on every open,
+        the sha256 of every byte on the first open of each file identity (manifest digest,
+        device, inode, size, mtime, ctime; a verified stamp under :attr:`cache_root` records
+        it) — the guarantee and its limit are in :mod:`sphere_resources.mapped`. Damage is a
+        DamagedFileError naming asset, partition and path, as for :meth:`read_tensors`.
+        """
+        name = f"{stem}.safetensors"
+
+        def read(fh, entry: FileEntry, path: Path):
+            arrays, metadata = self._verified_views(fh, entry, asset, partition, path)
+            validate_tensors(contract_for(asset), partition, stem, arrays)
+            return arrays, metadata
+
+        return self._pinned(asset, partition, name, read)
+
+    def file_identity(self, asset: str, partition: str | None, name: str) -> str:
+        """A digest of a stored file's manifest sha256 and its identity (device, inode, size,
+        mtime, ctime): it changes whenever the file is rewritten or replaced, so it keys caches
+        derived from the file (see :meth:`write_derived_tensors`)."""
+
+        def read(fh, entry: FileEntry, path: Path) -> str:
+            with fh:
+                return mapped.identity(entry.sha256, os.fstat(fh.fileno()))
+
+        return self._pinned(asset, partition, name, read)
+
+    def _derived_path(self, kind: str, name: str) -> Path | None:
+        if self.cache_root is None:
+            return None
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", kind) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ValueError(
+                f"derived file kind/name must be [A-Za-z0-9_-]+, got {kind!r}/{name!r}"
+            )
+        return self.cache_root / kind / f"{name}.safetensors"
+
+    def write_derived_tensors(
+        self,
+        kind: str,
+        name: str,
+        arrays: Mapping[str, np.ndarray],
+        metadata: Mapping[str, str],
+        keep: int = 2,
+    ) -> Path | None:
+        """Write a file derived from warehouse data (an index built once, opened mapped later)
+        under ``<cache root>/<kind>/<name>.safetensors`` with its size + sha256 beside it
+        (``<name>.sha256``); the ``keep`` newest files of ``kind`` stay, older ones are removed.
+        None when no cache can be written (the caller keeps what it built in memory)."""
+        path = self._derived_path(kind, name)
+        if path is None:
+            return None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            entry = mapped.write_tensor_file(path, arrays, metadata)
+            digest = path.with_suffix(".sha256")
+            tmp = digest.with_name(f".{digest.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_text(json.dumps({"bytes": entry.bytes, "sha256": entry.sha256}))
+            os.replace(tmp, digest)
+        except OSError:
+            return None
+        files = sorted(
+            path.parent.glob("*.safetensors"), key=lambda f: f.stat().st_mtime_ns, reverse=True
+        )
+        for old in files[keep:]:
+            if old != path:
+                for f in (old, old.with_suffix(".sha256")):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+        return path
+
+    def open_derived_tensors_mmap(
+        self, kind: str, name: str
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+        """Mapped arrays of a derived file (None when it was never written or is incomplete),
+        verified like :meth:`open_tensors_mmap` against the size + sha256 recorded beside it;
+        damage is a DamagedFileError (asset ``cache:<kind>``)."""
+        path = self._derived_path(kind, name)
+        if path is None:
+            return None
+        where = f"cache:{kind}"
+        try:
+            doc = json.loads(path.with_suffix(".sha256").read_text())
+            entry = FileEntry(int(doc["bytes"]), str(doc["sha256"]))
+            fh = open(path, "rb")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DamagedFileError(where, None, path, f"digest unreadable ({exc})") from None
+        return self._verified_views(fh, entry, where, None, path)
+
+    def _verified_views(self, fh, entry: FileEntry, asset: str, partition: str | None, path: Path):
+        """(arrays, metadata) as read-only views of ``fh`` mapped: its size checked against
+        ``entry`` on every open, its sha256 once per file identity (the stamp). Closes ``fh``."""
+        with fh:
+            st = os.fstat(fh.fileno())
+            check_size(asset, partition, path, st.st_size, entry)
+            stamp = mapped.identity(entry.sha256, st)
+            if not mapped.stamped(self.cache_root, stamp):
+                size, digest = mapped.sha256_of(fh)
+                check_size(asset, partition, path, size, entry)
+                check_digest(asset, partition, path, digest, entry)
+                mapped.record_stamp(self.cache_root, stamp, st)
+            buffer = mapped.map_file(fh) if st.st_size else b""
+        try:
+            return mapped.tensor_views(buffer)
+        except ValueError as exc:
+            raise DamagedFileError(asset, partition, path, str(exc)) from None
 
 
 def _where(asset: str, partition: str | None) -> str:

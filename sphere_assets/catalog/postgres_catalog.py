@@ -8,12 +8,14 @@ transaction per shard, binary COPY) is ``sphere_resources.pg_publish``.
 
 import os
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
 from sphere_assets.catalog import report
 from sphere_assets.catalog.contract import POSTGRES_CATALOG_NAME
 from sphere_assets.catalog.io import published_vs_source_counts
+from sphere_assets.core.checks import partition_check_results, shard_check
 from sphere_assets.core.partitions import shard_partitions
 from sphere_resources import pg_publish
 from sphere_resources.postgres import PostgresResource, PostgresUnavailable, is_transient
@@ -115,10 +117,10 @@ def build_postgres_catalog(
             )
         )
 
-    @dg.asset_check(
+    @shard_check(
         asset=postgres_catalog,
         blocking=True,
-        description="Rows per shard in every catalog table equal the rows of its Parquet source "
+        description="Per shard: rows in every catalog table equal the rows of its Parquet source "
         "(0 where the source partition does not exist), and no key (article_id, patch_index) "
         "occurs twice; the run's shards, or all shards when the check runs on its own.",
     )
@@ -126,7 +128,7 @@ def build_postgres_catalog(
         context: dg.AssetCheckExecutionContext,
         postgres: PostgresResource,
         warehouse: WarehouseResource,
-    ) -> dg.AssetCheckResult:
+    ) -> Iterator:
         shards = (
             list(context.partition_keys)
             if context.has_partition_key or context.has_partition_key_range
@@ -134,14 +136,17 @@ def build_postgres_catalog(
         )
         with postgres.connection() as conn:
             counts = published_vs_source_counts(conn, warehouse.root, shards, tables)
-        table, mismatches = report.row_count_report(counts)
-        return dg.AssetCheckResult(
-            passed=not mismatches,
-            metadata={
-                "mismatches": "; ".join(mismatches) or "-",
-                "counts": dg.MetadataValue.md(table),
-            },
-        )
+        results = {}
+        for shard in shards:
+            table, mismatches = report.row_count_report([c for c in counts if c[0] == shard])
+            results[shard] = dg.AssetCheckResult(
+                passed=not mismatches,
+                metadata={
+                    "mismatches": "; ".join(mismatches) or "-",
+                    "counts": dg.MetadataValue.md(table),
+                },
+            )
+        yield from partition_check_results(context, results)
 
     return postgres_catalog, postgres_catalog_row_counts
 

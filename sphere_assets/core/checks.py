@@ -41,6 +41,16 @@ def shard_check(**kwargs) -> Callable:
     return decorate
 
 
+def partitioned_check(partitions_def: dg.PartitionsDefinition, **kwargs) -> Callable:
+    """``@dg.asset_check(...)`` partitioned by ``partitions_def`` (the checked asset's own, e.g.
+    band limits); like :func:`shard_check`, the function yields ``partition_check_results``."""
+
+    def decorate(fn):
+        return _quietly(lambda: dg.asset_check(partitions_def=partitions_def, **kwargs)(fn))
+
+    return decorate
+
+
 def shard_check_spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
     """A check evaluated inside its shard asset's step, partitioned by shard."""
     return _quietly(

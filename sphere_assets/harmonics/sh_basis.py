@@ -9,13 +9,15 @@ plan).
 
 import hashlib
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
 
+from sphere_assets.core.checks import partition_check_results, partitioned_check
 from sphere_assets.core.lazy import lazy_module
 from sphere_assets.core.metadata import partition_results
-from sphere_assets.core.partitions import band_limit_partitions
+from sphere_assets.core.partitions import band_limit_partitions, partitions_in_scope
 from sphere_assets.core.pools import HEAVY_POOL
 from sphere_assets.harmonics import io, report
 from sphere_assets.harmonics.contract import SH_BASIS
@@ -105,46 +107,48 @@ def sh_basis(
     )
 
 
-@dg.asset_check(
+def band_limit_check_result(store: Warehouse, key: str) -> dg.AssetCheckResult:
+    """The orthonormality check of one stored band limit (a failure when it is not on disk)."""
+    if key not in io.stored_partitions(store):
+        return dg.AssetCheckResult(
+            passed=False, metadata={"L": int(key), "problem": f"sh_basis L={key} not on disk"}
+        )
+    d = sht.basis_diagnostics(io.load_sh_basis(store, key))
+    hash_ok = io.tensor_file_matches_row(store, key)
+    return dg.AssetCheckResult(
+        passed=(
+            d["max_gram_error"] <= GRAM_TOLERANCE
+            and d["max_addition_error"] <= GRAM_TOLERANCE
+            and d["n_zero_columns"] == 0
+            and d["n_nonfinite"] == 0
+            and hash_ok
+        ),
+        metadata={
+            "L": int(key),
+            "max_gram_error": d["max_gram_error"],
+            "max_addition_error": d["max_addition_error"],
+            "n_zero_columns": d["n_zero_columns"],
+            "n_nonfinite": d["n_nonfinite"],
+            "sha256_mismatch": "-" if hash_ok else key,
+        },
+    )
+
+
+@partitioned_check(
+    band_limit_partitions,
     asset=sh_basis,
     description=(
-        "The stored basis is orthonormal on its grid (max |G - I| <= 1e-12, addition theorem "
-        "<= 1e-12 relative), has no NaN/inf and no all-zero (l, m) column, and its bytes match "
-        "the summary row's sha256."
+        "Per band limit: the stored basis is orthonormal on its grid (max |G - I| <= 1e-12, "
+        "addition theorem <= 1e-12 relative), has no NaN/inf and no all-zero (l, m) column, and "
+        "its bytes match the summary row's sha256."
     ),
     blocking=True,
 )
 def sh_basis_orthonormal(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
+) -> Iterator:
     store = warehouse.store()
-    keys = io.stored_partitions(store)
-    if not keys:
-        return dg.AssetCheckResult(passed=False, metadata={"problem": "no partitions on disk"})
-    worst_gram, worst_addition, zero_cols, nonfinite, bad_hash = 0.0, 0.0, 0, 0, []
-    for key in keys:
-        d = sht.basis_diagnostics(io.load_sh_basis(store, key))
-        worst_gram = max(worst_gram, d["max_gram_error"])
-        worst_addition = max(worst_addition, d["max_addition_error"])
-        zero_cols += d["n_zero_columns"]
-        nonfinite += d["n_nonfinite"]
-        if not io.tensor_file_matches_row(store, key):
-            bad_hash.append(key)
-    passed = (
-        worst_gram <= GRAM_TOLERANCE
-        and worst_addition <= GRAM_TOLERANCE
-        and zero_cols == 0
-        and nonfinite == 0
-        and not bad_hash
-    )
-    return dg.AssetCheckResult(
-        passed=passed,
-        metadata={
-            "partitions": ",".join(keys),
-            "max_gram_error": worst_gram,
-            "max_addition_error": worst_addition,
-            "n_zero_columns": zero_cols,
-            "n_nonfinite": nonfinite,
-            "sha256_mismatch": ",".join(bad_hash) or "-",
-        },
+    keys = partitions_in_scope(context, store, SH_BASIS.name)
+    yield from partition_check_results(
+        context, {key: band_limit_check_result(store, key) for key in keys}
     )

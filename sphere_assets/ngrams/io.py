@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sphere_assets.core.partitions import shard_partitions
 from sphere_assets.lib.sketch import adjacency as adj
 from sphere_assets.lib.sketch import context_model as cm
 from sphere_assets.lib.sketch import hllset as hs
@@ -38,7 +38,8 @@ from sphere_assets.ngrams.contract import (
     NGRAM_VOCABULARY,
 )
 from sphere_assets.patching.contract import BLT_PATCHES
-from sphere_resources.contracts import AssetContract, ContractError
+from sphere_resources.contracts import PARQUET_PART_NAME, AssetContract, ContractError
+from sphere_resources.integrity import DamagedFileError
 from sphere_resources.store import Warehouse
 
 HLLSET_PREVIEW_COLUMNS = [
@@ -89,14 +90,6 @@ def read_patch_sequences(store: Warehouse, shard: str) -> tuple[list[str], pa.Ar
     return article_ids, table.column("patch").combine_chunks(), ng.sequence_offsets(lengths)
 
 
-def read_corpus_sequences(store: Warehouse) -> tuple[pa.Array, np.ndarray]:
-    """(patches, offsets) of every blt_patches shard on disk, shard after shard."""
-    sequences = [read_patch_sequences(store, key) for key in store.partitions(BLT_PATCHES.name)]
-    patches = pa.concat_arrays([patches for _, patches, _ in sequences])
-    offsets = ng.sequence_offsets(np.concatenate([np.diff(offs) for _, _, offs in sequences]))
-    return patches, offsets
-
-
 def read_patch_totals(store: Warehouse, shard: str) -> tuple[int, int]:
     """(patches, distinct articles) of a blt_patches shard."""
     patches = store.read_table(BLT_PATCHES.name, shard, columns=["article_id"])
@@ -113,6 +106,9 @@ def shards_on_disk(store: Warehouse, asset: AssetContract, log=None) -> tuple[li
     present = store.partitions(asset.name)
     if not present:
         raise ContractError(asset.name, None, "<partitions>", "no shard is materialized yet")
+    # dagster (the partitions definition) only here: `sphere restore` imports this module
+    from sphere_assets.core.partitions import shard_partitions
+
     missing = [k for k in shard_partitions.get_partition_keys() if k not in set(present)]
     if missing and log is not None:
         log.warning(f"{asset.name}: shards {missing} are not materialized; merging {present}")
@@ -338,17 +334,27 @@ def read_span_rows(store: Warehouse, max_patches: int) -> list[tuple[str, pa.Tab
 def load_stored_span(
     store: Warehouse, article_id: str, span_index: int = -1
 ) -> tuple[hs.HLLSet, int]:
-    """(HLLSet, patch_count) of an article_hllsets row (searching every shard on disk)."""
+    """(HLLSet, patch_count) of an article_hllsets row (searching every shard on disk).
+
+    Only the ``article_id``/``span_index`` columns of a shard are decoded to find the row, then
+    the hit shard's batches up to that row: the HLLSet layers of other rows and shards (most of
+    the asset's bytes once decoded) are never decoded; every file read is still verified.
+    """
     for key in hllset_shards(store):
-        table = read_hllset_rows(store, key)
+        ids = read_hllset_rows(store, key, columns=["article_id", "span_index"])
         mask = pc.and_(
-            pc.equal(table.column("article_id"), article_id),
-            pc.equal(table.column("span_index"), span_index),
+            pc.equal(ids.column("article_id"), article_id),
+            pc.equal(ids.column("span_index"), span_index),
         )
-        hit = table.filter(mask)
-        if hit.num_rows:
-            r = hit.slice(0, 1).to_pylist()[0]
-            return hllset_of_row(r), int(r["patch_count"])
+        hits = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+        if not hits.size:
+            continue
+        row, seen = int(hits[0]), 0
+        for batch in store.iter_batches(ARTICLE_HLLSETS.name, key, batch_size=256):
+            if row < seen + batch.num_rows:
+                r = batch.slice(row - seen, 1).to_pylist()[0]
+                return hllset_of_row(r), int(r["patch_count"])
+            seen += batch.num_rows
     raise KeyError(
         f"article_hllsets has no row for article {article_id!r}, span_index {span_index}"
     )
@@ -411,14 +417,96 @@ def load_context(
 # ---------------------------------------------------------------------------------------------
 
 
-def load_restore_index(store: Warehouse, p: int | None = None) -> rs.RestoreIndex:
-    """RestoreIndex from ngram_vocabulary (+ adjacency_merged weights and context counts when
-    materialized); ``p`` defaults to the vocabulary's."""
+RESTORE_CACHE_KIND = "restore_index"  # <warehouse cache root>/restore_index/p<P>-<key>.safetensors
+
+
+def restore_sources(store: Warehouse) -> list[tuple[str, str]]:
+    """(asset, file) of every stored file a restore index is derived from."""
+    files = [
+        (NGRAM_VOCABULARY.name, PARQUET_PART_NAME),
+        (NGRAM_VOCABULARY.name, f"{LOOKUP_STEM}.safetensors"),
+    ]
+    if store.exists(ADJACENCY_MERGED.name, None):
+        files += [
+            (ADJACENCY_MERGED.name, PARQUET_PART_NAME),
+            (ADJACENCY_MERGED.name, f"{CSR_STEM}.safetensors"),
+        ]
+        if store.has_file(ADJACENCY_MERGED.name, None, f"{CONTEXT_STEM}.safetensors"):
+            files.append((ADJACENCY_MERGED.name, f"{CONTEXT_STEM}.safetensors"))
+    return files
+
+
+def restore_cache_name(store: Warehouse, p: int) -> str:
+    """The cache file name of the restore index at precision ``p``: the index format, ``p`` and
+    the manifest digest + identity (device, inode, size, mtime, ctime) of every source file, so
+    any re-materialization or rewrite of a source makes a new name (and a rebuild)."""
+    import hashlib
+
+    h = hashlib.sha256(f"{rs.INDEX_FORMAT}|p={p}".encode())
+    for asset, name in restore_sources(store):
+        h.update(f"|{asset}/{name}={store.file_identity(asset, None, name)}".encode())
+    return f"p{p}-{h.hexdigest()[:32]}"
+
+
+def vocabulary_p(store: Warehouse) -> int:
+    """The HLLSet precision ngram_vocabulary's lookup was built for (header only)."""
+    _, meta = store.open_tensors_mmap(NGRAM_VOCABULARY.name, None, LOOKUP_STEM)
+    return int(meta["p"])
+
+
+def build_restore_index(store: Warehouse, p: int | None = None) -> rs.RestoreIndex:
+    """RestoreIndex built in memory from ngram_vocabulary (+ adjacency_merged weights and context
+    counts when materialized), every byte read and verified: O(corpus) time and memory. ``p``
+    defaults to the vocabulary's."""
     table = load_vocabulary_table(store)
     if p is None:
-        _, p = read_lookup(store)
+        p = vocabulary_p(store)
     graph = context_counts = None
     if store.exists(ADJACENCY_MERGED.name, None):
         graph = load_adjacency(store, ADJACENCY_MERGED, None)
         context_counts = load_context(store, ADJACENCY_MERGED, None)
     return rs.RestoreIndex.build(table, p, graph, context=context_counts)
+
+
+def load_restore_index(store: Warehouse, p: int | None = None) -> rs.RestoreIndex:
+    """The restore index at precision ``p`` (default: the vocabulary's), opened lazily.
+
+    The first call after the sources change builds it (:func:`build_restore_index`, O(corpus))
+    and writes its arrays once to the warehouse's cache (``Warehouse.write_derived_tensors``,
+    named by :func:`restore_cache_name`); the ``restore_quality`` check of adjacency_merged
+    makes that call at materialization time.  Every later call maps the cached arrays and
+    adjacency_merged's context counts read-only (``open_tensors_mmap``): O(1) in the corpus
+    size, a query reads only the pages it looks up.  Integrity: the sources were verified
+    byte for byte when the cache was built, the cache and the context file are verified once
+    per file identity (:mod:`sphere_resources.mapped`); a damaged cache file is rebuilt from
+    the warehouse (with a warning), a damaged warehouse file is a DamagedFileError.  Without a
+    writable cache the index is built in memory on every call, as before.
+    """
+    import warnings
+
+    p = vocabulary_p(store) if p is None else hs.check_p(p)
+    name = restore_cache_name(store, p)
+    try:
+        opened = store.open_derived_tensors_mmap(RESTORE_CACHE_KIND, name)
+    except DamagedFileError as exc:
+        warnings.warn(f"{exc}; rebuilding the restore index", stacklevel=2)
+        opened = None
+    if opened is None:
+        index = build_restore_index(store, p)
+        store.write_derived_tensors(RESTORE_CACHE_KIND, name, *index.arrays())
+        return index
+    arrays, meta = opened
+    context = None
+    if int(meta.get("context_order", 0)):
+        counts, counts_meta = store.open_tensors_mmap(ADJACENCY_MERGED.name, None, CONTEXT_STEM)
+        if counts_meta.get("format") != cm.FORMAT:
+            raise ContractError(
+                ADJACENCY_MERGED.name, None, CONTEXT_STEM, f"format {counts_meta.get('format')!r}"
+            )
+        context = (counts["hashes"], counts["counts"])
+    try:
+        return rs.RestoreIndex.from_arrays(arrays, meta, context)
+    except (KeyError, ValueError) as exc:
+        raise DamagedFileError(
+            f"cache:{RESTORE_CACHE_KIND}", None, Path(name), f"not a restore index ({exc})"
+        ) from None

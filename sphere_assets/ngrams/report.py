@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sphere_assets.core.metadata import preview_markdown
 from sphere_assets.lib.sketch import adjacency as adj
@@ -71,22 +70,23 @@ def ngram_index_metadata(shards: list[IndexedShard], path: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def ngram_vocabulary_metadata(
-    rows: pa.Table,
+def ngram_vocabulary_summary_metadata(
+    top: pa.Table,
+    occurrences: int,
     sizes: list[int],
     shards: list[str],
     missing: list[str],
     seconds: float,
     path: str,
 ) -> dict:
-    top = rows.filter(pc.equal(rows.column("n"), 1)).sort_by([("count", "descending")]).slice(0, 8)
+    """Metadata of a vocabulary from its summary (``top``: the 8 most frequent patches)."""
     return {
         "shards": ",".join(shards),
         "missing_shards": ",".join(missing) or "-",
         "distinct_1grams": sizes[0],
         "distinct_2grams": sizes[1],
         "distinct_3grams": sizes[2],
-        "occurrences": int(pc.sum(rows.column("count")).as_py() or 0),
+        "occurrences": occurrences,
         "seconds": round(seconds, 4),
         "top_patches": preview_markdown(top, ["key", "count"], rows=8),
         "path": dg.MetadataValue.path(path),
@@ -130,11 +130,15 @@ def article_hllsets_metadata(shards: list[SketchedShard], path: str) -> dict:
 
 def adjacency_summary(graph: adj.Adjacency) -> dict:
     """Size and branching of a graph."""
-    outdeg = graph.outdeg
+    return outdeg_summary(graph.outdeg, graph.n_edges, graph.alpha)
+
+
+def outdeg_summary(outdeg: np.ndarray, edges: int, alpha: float) -> dict:
+    """Size and branching of a graph from its out-degrees."""
     return {
-        "nodes": graph.n_nodes,
-        "edges": graph.n_edges,
-        "alpha": graph.alpha,
+        "nodes": int(outdeg.size),
+        "edges": edges,
+        "alpha": alpha,
         "max_outdeg": int(outdeg.max()) if outdeg.size else 0,
         "mean_outdeg": round(float(outdeg.mean()), 4) if outdeg.size else 0.0,
         "branching_nodes": int((outdeg > 1).sum()),

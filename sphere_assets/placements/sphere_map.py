@@ -47,7 +47,11 @@ class SphereMapAssetConfig(dg.Config):
     landmarks_k: int = Field(3, description="landmarks a row's direction is drawn from")
     tau: float = Field(0.01, description="softness of the landmark weights (cosine units)")
     n_lists: int = Field(0, description="inverted-file lists (0 = sample / 128, at most 256)")
-    n_probe: int = Field(2, description="inverted-file lists scanned per row")
+    n_probe: int = Field(
+        2,
+        description="inverted-file lists scanned per row (1: ~40% less map CPU, union recall@10 "
+        "0.363 vs 0.372 on the bundled corpus and a larger recall loss after spreading)",
+    )
     spread_weight: float = Field(0.5, description="weight of the concentration in the score")
     seed: int = Field(0, description="PRNG seed (same sample + seed = byte-identical model)")
 

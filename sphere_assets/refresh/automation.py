@@ -45,6 +45,10 @@ asset family module only declares its assets; it does not have to know about aut
   ``definitions.py``) links every asset to the file and line of its compute function, or into
   the hosted repository when ``SPHERE_GIT_URL`` is set.
 
+* **freshness policies** — with ``SPHERE_FRESHNESS=nightly``, the shard assets the nightly
+  schedule refreshes get its cron freshness policy (``schedules.with_schedule_freshness``; off
+  by default, see there why).
+
 * **catalog metadata** — an asset without ``dagster/column_schema`` metadata gets one from its
   data contract (``sphere_resources.contracts``): Parquet columns, or for tensor-only assets one
   entry per safetensors array (``stem.name``, ``dtype[shape]``).
@@ -63,6 +67,7 @@ import dagster as dg
 
 from sphere_assets.core.metadata import column_schema
 from sphere_assets.refresh.code_versions import CODE_VERSIONS
+from sphere_assets.refresh.schedules import with_schedule_freshness
 from sphere_resources.contracts import CONTRACTS, DEFAULT_CATALOG_PATH
 
 AUTOMATION_SENSOR_NAME = "sphere_automation"
@@ -213,12 +218,12 @@ def apply_orchestration(assets: Iterable) -> list:
     }
     ignores = fan_in_ignores(parents, automated)
     database = catalog_database()
-    return [
+    return with_schedule_freshness(
         a.map_asset_specs(lambda spec: _with_defaults(spec, ignores, database))
         if isinstance(a, dg.AssetsDefinition)
         else a
         for a in assets
-    ]
+    )
 
 
 def automation_sensor(

@@ -19,24 +19,24 @@ CODE_VERSIONS: dict[str, str] = {
     # ingest
     "raw_articles": "1",
     # harmonics
-    "sh_basis": "1",
+    "sh_basis": "2",  # 2: the orthonormality check reports per band limit (same output)
     # patching
     "entropy_model": "3",  # 3: calibration.safetensors (θ sample from every shard)
     "blt_patches": "3",  # 3: θ on the every-shard sample; one model pass with patch_embeddings
     "patch_embeddings": "3",  # 3: takes blt_patches' pooled vectors (patch_forward_cache)
     # ngrams
-    "ngram_index": "2",  # 2: lib/sketch/restore.py open ends (issue 19)
-    "ngram_vocabulary": "2",  # 2: lib/sketch/restore.py open ends
-    "article_hllsets": "2",  # 2: lib/sketch/restore.py open ends
-    "adjacency": "2",  # 2: lib/sketch/restore.py open ends
-    "adjacency_merged": "2",  # 2: lib/sketch/restore.py open ends
+    "ngram_index": "3",  # 2: lib/sketch/restore.py open ends (issue 19); 3: shared helpers (same output)
+    "ngram_vocabulary": "3",  # 2: restore.py open ends; 3: out-of-core k-way merge (same bytes)
+    "article_hllsets": "3",  # 2: lib/sketch/restore.py open ends; 3: shared helpers (same output)
+    "adjacency": "3",  # 2: lib/sketch/restore.py open ends; 3: shared helpers (same output)
+    "adjacency_merged": "3",  # 2: restore.py open ends; 3: out-of-core merge (same bytes)
     # placements
-    "sphere_map": "2",  # 2: the PCA-3 baseline read from the model, not refitted (same output)
-    "shell_placements": "5",  # 4: global sphere_map, spreading, map columns; 5: refactor only
+    "sphere_map": "3",  # 2: PCA-3 baseline from the model; 3: faster kernels (same outputs)
+    "shell_placements": "6",  # 4: global map, spreading; 5: refactor; 6: faster map (same outputs)
     # navigate
     "sphere_index": "1",
     "embedding_ann": "1",
     # catalog
     "duckdb_catalog": "2",  # 2: sphere_cone macros (catalog/navigate_sql.py)
-    "postgres_catalog": "1",
+    "postgres_catalog": "2",  # 2: the row-count check reports per shard (same output)
 }

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import dagster as dg
 
@@ -58,16 +59,17 @@ class StageRun:
             return {PARTITION_TAG: self.partitions[0]}
         return {RANGE_START_TAG: self.partitions[0], RANGE_END_TAG: self.partitions[-1]}
 
+    def span(self) -> str:
+        """' [0]', ' [0...3]', or '' for an unpartitioned stage."""
+        if not self.partitions:
+            return ""
+        if len(self.partitions) == 1:
+            return f" [{self.partitions[0]}]"
+        return f" [{self.partitions[0]}...{self.partitions[-1]}]"
+
     def label(self) -> str:
         names = ",".join(k.to_user_string() for k in self.keys)
-        span = ""
-        if self.partitions:
-            span = (
-                f" [{self.partitions[0]}]"
-                if len(self.partitions) == 1
-                else f" [{self.partitions[0]}...{self.partitions[-1]}]"
-            )
-        return f"{self.job_name}{span} {names}"
+        return f"{self.job_name}{self.span()} {names}"
 
 
 class UnknownPartitionsError(ValueError):
@@ -227,10 +229,21 @@ def execute_stage_run(
     working_directory: str,
     extra_tags: dict[str, str],
     verbose: bool = False,
+    progress: TextIO | None = None,
+    progress_label: str = "",
 ) -> RunOutcome:
-    """Create the run in ``instance`` and execute it with the job's executor; wait for it."""
+    """Create the run in ``instance`` and execute it with the job's executor; wait for it.
+    With a ``progress`` stream (a terminal), one line there follows the run's steps
+    (sphere_assets/refresh/progress.py) and is erased when the run ends."""
     t0 = time.perf_counter()
-    with quiet_stderr(not verbose):
+    watch = contextlib.nullcontext()
+    if progress is not None:
+        from sphere_assets.refresh.progress import RunWatcher
+
+        watch = RunWatcher(
+            instance, run.job_name, extra_tags, progress_label or run.label(), progress
+        )
+    with quiet_stderr(not verbose), watch:
         with dg.execute_job(
             reconstructable_job(run.job_name, working_directory),
             instance=instance,

@@ -136,6 +136,7 @@ def test_publish_every_shard_matches_parquet_and_republish_is_idempotent(catalog
         assert meta["skipped"] == "-"
         (check,) = res.get_asset_check_evaluations()
         assert check.passed, check.metadata
+        assert check.partition == shard  # recorded against its own shard
 
     store = Warehouse(source_root)
     with psycopg.connect(catalog_url) as conn:
@@ -307,10 +308,20 @@ def test_check_catches_duplicated_keys_and_stale_counts(catalog_url, source_root
         },
         raise_on_error=False,  # a failed blocking check fails the run
     )
-    (check,) = res.get_asset_check_evaluations()
+    checks = {e.partition: e for e in res.get_asset_check_evaluations()}
     n = patches.num_rows
-    assert not check.passed
-    assert f"shard 3 patches: {n + 2} != {n}" in check.metadata["mismatches"].value
+    # one evaluation per shard (a failure in shard 3 is not hidden by the shards after it) and
+    # the summary of the unpartitioned check run
+    assert {k: e.passed for k, e in checks.items()} == {
+        "0": True,
+        "1": True,
+        "2": True,
+        "3": False,
+        None: False,
+    }
+    assert f"shard 3 patches: {n + 2} != {n}" in checks["3"].metadata["mismatches"].value
+    assert checks["2"].metadata["mismatches"].value == "-"
+    assert checks[None].metadata["failed_partitions"].value == "3"
     assert materialize_publish(catalog_url, source_root, "3").success  # restore for other tests
 
 

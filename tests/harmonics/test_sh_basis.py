@@ -36,6 +36,11 @@ def check_result(result):
     return evaluation
 
 
+def check_results(result) -> dict:
+    """The run's check evaluations by partition (None: the summary of a check run alone)."""
+    return {e.partition: e for e in result.get_asset_check_evaluations()}
+
+
 def test_sh_basis_partition_files_metadata_and_check(resources):
     res = materialize(resources, "16")
     part = Path(resources["warehouse"].root) / "sh_basis" / "L=16"
@@ -70,8 +75,9 @@ def test_sh_basis_partition_files_metadata_and_check(resources):
     assert meta["round_trip_rel_error"] <= 1e-12 and meta["build_seconds"] >= 0
     assert meta["jax/platform"] == "cpu" and "grid" in meta
     evaluation = check_result(res)
-    assert evaluation.passed
+    assert evaluation.passed and evaluation.partition == "16"
     assert evaluation.metadata["max_gram_error"].value <= 1e-12
+    assert evaluation.metadata["L"].value == 16
 
     # re-materializing gives byte-identical files
     first = {p.name: p.read_bytes() for p in part.iterdir()}
@@ -79,6 +85,7 @@ def test_sh_basis_partition_files_metadata_and_check(resources):
     assert {p.name: p.read_bytes() for p in part.iterdir()} == first
 
 
+@pytest.mark.slow  # a second band limit and the catalog (tests/catalog covers the views)
 def test_sh_basis_rows_through_duckdb_catalog(resources):
     for key in ("16", "32"):
         materialize(resources, key)
@@ -122,10 +129,14 @@ def test_check_fails_on_a_corrupted_table(resources):
         raise_on_error=False,  # a failing blocking check fails its step
     )
     assert not res.success
-    evaluation = check_result(res)
+    evaluations = check_results(res)
+    assert set(evaluations) == {"16", None}  # the band limit on disk, and the run's summary
+    evaluation = evaluations["16"]
     assert not evaluation.passed
     assert evaluation.metadata["n_zero_columns"].value == 1
     assert evaluation.metadata["sha256_mismatch"].value == "16"
+    assert not evaluations[None].passed
+    assert evaluations[None].metadata["failed_partitions"].value == "16"
 
 
 def test_load_sh_basis_names_partition_on_bad_file(resources):
@@ -160,4 +171,61 @@ def test_partition_range_in_one_run_writes_each_band_limit(resources):
         assert meta["L"] == int(m.partition) and meta["dagster/row_count"] == 1
         assert meta["max_gram_error"] <= 1e-12 and meta["round_trip_rel_error"] <= 1e-12
         assert meta["path"].endswith(f"L={m.partition}") and meta["partitions_in_run"] == "16,32"
-    assert check_result(res).metadata["partitions"].value == "16,32"
+    evaluations = check_results(res)
+    assert sorted(evaluations) == ["16", "32"]  # one evaluation per band limit of the range
+    for key, evaluation in evaluations.items():
+        assert evaluation.passed and evaluation.metadata["L"].value == int(key)
+
+
+def test_range_check_records_each_band_limits_own_result(resources, tmp_path):
+    """A corrupted L=16 fails its own check partition; L=32, evaluated after it in the same
+    step, passes without hiding the failure (read back from the instance's check records)."""
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+    from dagster._core.storage.event_log.base import PartitionKeyFilter
+
+    band_range = {
+        "dagster/asset_partition_range_start": "16",
+        "dagster/asset_partition_range_end": "32",
+    }
+    check_key = next(iter(harmonics.sh_basis_orthonormal.check_keys))
+    assert harmonics.sh_basis_orthonormal.check_specs
+    for spec in harmonics.sh_basis_orthonormal.check_specs:
+        assert spec.partitions_def == harmonics.sh_basis.partitions_def
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        assert dg.materialize(
+            ASSETS, resources=resources, instance=instance, tags=band_range
+        ).success
+        store = resources["warehouse"].store()
+        part = store.partition_dir("sh_basis", "16")
+        tensors, meta = read_safetensors(part / "basis.safetensors")
+        legendre = np.array(tensors["legendre"])
+        legendre[3] = np.nan
+        rewrite_tensors(store, "16", dict(tensors, legendre=legendre), meta)
+        res = dg.materialize(
+            ASSETS,
+            resources=resources,
+            instance=instance,
+            tags=band_range,
+            selection=dg.AssetSelection.checks(harmonics.sh_basis_orthonormal),
+            raise_on_error=False,
+        )
+        assert not res.success  # blocking: the failed band limit fails the step
+        assert {k: e.passed for k, e in check_results(res).items()} == {"16": False, "32": True}
+        for key, status, nonfinite in (
+            ("16", AssetCheckExecutionRecordStatus.FAILED, True),
+            ("32", AssetCheckExecutionRecordStatus.SUCCEEDED, False),
+        ):
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(
+                check_key, limit=1, partition_filter=PartitionKeyFilter(key=key)
+            )
+            assert record.run_id == res.run_id and record.status == status, key
+            data = record.event.dagster_event.asset_check_evaluation_data
+            assert (data.metadata["n_nonfinite"].value > 0) == nonfinite, key
+            mat = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=harmonics.sh_basis.key, asset_partitions=[key]),
+                limit=1,
+            ).records[0]
+            assert data.target_materialization_data.storage_id == mat.storage_id

@@ -18,6 +18,7 @@ imports — ``import``/``from`` statements and the module names given to ``lazy_
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import sys
@@ -56,6 +57,12 @@ def imported_modules(path: Path) -> set[str]:
     """Module names a file imports: statements (relative ones resolved), ``from M import n``
     as both ``M`` and ``M.n`` (n may be a submodule), and string constants naming a
     ``sphere_assets`` module (``lazy_module("sphere_assets.lib.…")``)."""
+    stat = path.stat()  # parsed once per file version: every asset walks the same lib modules
+    return set(_imported_modules(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4096)
+def _imported_modules(path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     rel = path.relative_to(REPO).with_suffix("")
     package = list(rel.parts[:-1])
     out: set[str] = set()
@@ -73,7 +80,7 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if node.value.startswith("sphere_assets.") and module_file(node.value):
                 out.add(node.value)
-    return out
+    return frozenset(out)
 
 
 def logic_files(name: str) -> list[Path]:

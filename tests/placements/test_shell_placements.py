@@ -220,6 +220,7 @@ def test_thrml_method(resources, upstream):
     assert all(e.passed for e in res.get_asset_check_evaluations())
 
 
+@pytest.mark.slow  # a second materialization; the fast lane keeps the lateral one
 def test_nan_embedding_fails_naming_the_patch(resources, upstream):
     store = resources["warehouse"].store()
     write_embeddings(store, "2", 3, seed=9, bad_row=17)
@@ -233,6 +234,7 @@ def test_nan_embedding_fails_naming_the_patch(resources, upstream):
     assert not (Path(resources["warehouse"].root) / "shell_placements" / "shard=2").exists()
 
 
+@pytest.mark.slow  # two more materializations
 def test_checks_fail_on_a_tampered_partition(resources, upstream):
     assert materialize(resources, "0").success
     store = resources["warehouse"].store()
@@ -264,6 +266,7 @@ def test_checks_fail_on_a_tampered_partition(resources, upstream):
     assert any("rows but" in p for p in problems) and any("r outside" in p for p in problems)
 
 
+@pytest.mark.slow  # a second materialization
 def test_empty_shard_materializes_and_passes_checks(resources, upstream):
     store = resources["warehouse"].store()
     write_embeddings(store, "3", 0, seed=3)

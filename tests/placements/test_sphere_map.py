@@ -96,6 +96,7 @@ def test_sphere_map_files_row_metadata_and_check(resources, shards):
     assert (part / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow  # materializes sphere_map and shell_placements twice
 def test_same_embedding_same_place_in_any_shard_and_out_of_sample(resources, shards):
     store = resources["warehouse"].store()
     assert fit_map(resources).success

@@ -247,6 +247,7 @@ def _one_version(ids: list[str]) -> bool:
     return len(ids) in (3, 5) and len({i.split("-")[0] for i in ids}) == 1
 
 
+@pytest.mark.slow  # writer subprocesses
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two_renames"])
 def test_readers_never_see_a_missing_or_partial_partition(tmp_path, fallback):
     root = tmp_path / "wh"
@@ -301,6 +302,7 @@ with wh.partition_writer("raw_articles", "0") as w:
 """
 
 
+@pytest.mark.slow  # writer subprocesses
 def test_two_writers_of_one_partition_take_turns(tmp_path):
     root = tmp_path / "wh"
     procs = [
@@ -326,6 +328,7 @@ def test_two_writers_of_one_partition_take_turns(tmp_path):
     assert wh.clean_staging() == 0
 
 
+@pytest.mark.slow  # a writer subprocess
 def test_a_writer_that_waits_too_long_gets_a_clear_error(tmp_path):
     root = tmp_path / "wh"
     proc = subprocess.Popen(
@@ -412,6 +415,7 @@ def test_a_reader_holding_the_old_directory_still_lists_it_after_the_swap(tmp_pa
     assert len(wh.read_table("raw_articles", "0")) == 5
 
 
+@pytest.mark.slow  # a writer subprocess
 def test_clean_staging_leaves_a_write_in_progress_alone(tmp_path):
     root = tmp_path / "wh"
     proc = subprocess.Popen(

@@ -13,11 +13,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
+
+from sphere_assets.refresh.progress import SPINNER
 
 REPO = Path(__file__).resolve().parents[2]
 SPHERE = Path(sys.executable).parent / "sphere"
@@ -129,6 +132,71 @@ def test_materialize_all_output_is_short_with_rows_per_partition(small_run):
     assert table[-1].startswith("total") and "(7 runs)" in table[-1]
     raw = next(ln for ln in table if ln.startswith("raw_articles "))
     assert raw.split()[1:3] == ["2", "6"]  # partitions, rows
+
+
+def _run_on_a_terminal(args, env, cwd, timeout=1500) -> tuple[int, str]:
+    """Run sphere with stdout on a pseudo-terminal (stderr on a pipe, as `make run | tee`
+    would not be): (exit status, everything written to the terminal)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [str(SPHERE), *args], env=env, cwd=cwd, stdout=slave, stderr=subprocess.PIPE
+    )
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    proc.stderr.read()
+    return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_materialize_all_on_a_terminal_redraws_one_progress_line(tmp_path):
+    """On a terminal a stage's run shows one line redrawn in place (its current step); what
+    stays on the screen is the same short report as on a pipe."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.txt").write_text(" ".join(WORDS[i:] + WORDS[:i]) * 20 + "\n")
+    env = _env(
+        tmp_path,
+        SPHERE_CORPUS="files",
+        SPHERE_CORPUS_GLOB=str(corpus / "*.txt"),
+        SPHERE_SHARDS="2",
+        COLUMNS="160",
+    )
+    rc, out = _run_on_a_terminal(["materialize-all", "--partitions", "0"], env, tmp_path)
+    assert rc == 0, out[-3000:]
+    frames = re.findall(r"\r([^\r\n]*?)\x1b\[K", out)
+    drawn = [f for f in frames if f]
+    assert drawn, out[-3000:]
+    # the stage, then the step it runs and (from the step's ProgressMeter) count and rate
+    assert any(re.match(r"^. \[1/7\] shards_job \[0\]  raw_articles ", f) for f in drawn)
+    assert any(re.match(r"^. \[3/7\] shards_job \[0\]  [a-z_]+ ", f) for f in drawn)
+    assert any(re.match(r"^. \[5/7\] band_limits_job \[16\.\.\.256\]  ", f) for f in drawn)
+    assert all(len(f) < 160 for f in drawn)
+    # what the terminal shows at the end: each line's text after its last carriage return
+    lines = out.replace("\r\n", "\n").split("\n")  # the terminal's own CR of each newline
+    screen = [ln.rsplit("\r", 1)[-1].replace("\x1b[K", "") for ln in lines]
+    screen = [ln for ln in screen if ln.strip()]
+    assert len(screen) <= 60, screen
+    assert not any(ln[0] in SPINNER for ln in screen), screen  # every frame was erased
+    assert any(re.match(r"^\[1/7\] shards_job\s+0\s+[0-9,]+ rows", ln) for ln in screen), screen
+    assert screen[-1].startswith("total")
 
 
 def test_unknown_partition_is_an_error_listing_valid_keys(tmp_path):

@@ -84,6 +84,28 @@ def test_every_shard_check_is_partitioned_like_its_asset():
                 assert spec.partitions_def is not None, spec.key.to_user_string()
 
 
+def test_every_check_of_a_partitioned_asset_is_partitioned_like_it():
+    """Every family's checks, the catalog's, and the optional Postgres publish's row-count check
+    (built here as SPHERE_POSTGRES_URL would add it): one evaluation per partition."""
+    from sphere_assets.catalog.postgres_catalog import publish_definitions
+    from sphere_assets.definitions import ALL_ASSETS, CATALOG_CHECKS, FAMILY_ASSETS
+
+    pg_assets, pg_checks = publish_definitions(FAMILY_ASSETS, enabled=True)
+    partitions = {
+        spec.key: spec.partitions_def for a in [*ALL_ASSETS, *pg_assets] for spec in a.specs
+    }
+    checked = set()
+    for check_def in [*FAMILY_CHECKS, *CATALOG_CHECKS, *pg_checks]:
+        for spec in check_def.check_specs:
+            expected = partitions[spec.asset_key]
+            assert spec.partitions_def == expected, spec.key.to_user_string()
+            if expected is not None:
+                checked.add(spec.key.to_user_string())
+    assert {"sh_basis:sh_basis_orthonormal", "postgres_catalog:postgres_catalog_row_counts"} <= (
+        checked
+    )
+
+
 def test_range_run_records_each_shards_own_check_result(resources, tmp_path):
     root = Path(resources["warehouse"].root)
     store = resources["warehouse"].store()

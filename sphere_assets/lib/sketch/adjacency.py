@@ -114,13 +114,7 @@ class Adjacency:
         }
 
     def tensor_metadata(self) -> dict[str, str]:
-        return {
-            "format": FORMAT,
-            "alpha": repr(float(self.alpha)),
-            "n_nodes": str(self.n_nodes),
-            "n_edges": str(self.n_edges),
-            "weight": "ln((F3+alpha)/(F2+alpha*outdeg))",
-        }
+        return csr_metadata(self.n_nodes, self.n_edges, self.alpha)
 
     def node_table(self) -> pa.Table:
         """One row per node, in node-id order (Parquet beside the CSR)."""
@@ -146,6 +140,17 @@ class Adjacency:
                 "outdeg": pa.array(self.outdeg.astype(np.int32), type=pa.int32()),
             }
         )
+
+
+def csr_metadata(n_nodes: int, n_edges: int, alpha: float) -> dict[str, str]:
+    """The safetensors metadata of a graph's CSR."""
+    return {
+        "format": FORMAT,
+        "alpha": repr(float(alpha)),
+        "n_nodes": str(n_nodes),
+        "n_edges": str(n_edges),
+        "weight": "ln((F3+alpha)/(F2+alpha*outdeg))",
+    }
 
 
 def _node_index(node_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -270,6 +275,41 @@ def csr_problems(graph: Adjacency) -> list[str]:
     has_out = graph.outdeg > 0
     if has_out.any():
         sums = np.add.reduceat(np.exp(graph.weights), indptr[:-1][has_out])
+        if not np.allclose(sums, 1.0, atol=1e-9):
+            problems.append("smoothed transition probabilities do not sum to 1")
+    return problems
+
+
+def csr_array_problems(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    counts: np.ndarray,
+    weights: np.ndarray,
+    node_counts: np.ndarray,
+    alpha: float,
+) -> list[str]:
+    """:func:`csr_problems` on the stored arrays alone (no token table): indptr a monotone
+    0..E offset array over the nodes, targets in range, counts positive, every weight exactly
+    ``ln((F3+α)/(F2+α·outdeg))`` of the stored counts, and the smoothed transition
+    probabilities of every node with out-edges summing to 1.  (That an edge (a,b)->(c,d) has
+    b == c needs the node keys: the caller checks it.)"""
+    n_nodes = node_counts.size
+    if indptr.size != n_nodes + 1 or indptr[0] != 0 or indptr[-1] != indices.size:
+        return ["indptr is not a 0..E offset array over the nodes"]
+    outdeg = np.diff(indptr)
+    if np.any(outdeg < 0):
+        return ["indptr is not monotone"]
+    problems = []
+    if indices.size and (indices.min() < 0 or indices.max() >= n_nodes):
+        problems.append("edge target out of range")
+    if np.any(counts <= 0) or np.any(node_counts <= 0):
+        problems.append("non-positive counts")
+    src = np.repeat(np.arange(n_nodes, dtype=np.int64), outdeg)
+    if not np.array_equal(weights, edge_weights(counts, node_counts[src], outdeg[src], alpha)):
+        problems.append("weights are not ln((F3+alpha)/(F2+alpha*outdeg)) of the stored counts")
+    has_out = outdeg > 0
+    if has_out.any():
+        sums = np.add.reduceat(np.exp(weights), indptr[:-1][has_out])
         if not np.allclose(sums, 1.0, atol=1e-9):
             problems.append("smoothed transition probabilities do not sum to 1")
     return problems

@@ -169,6 +169,17 @@ def count_contexts(
     return ContextCounts(max_order, distinct, summed)
 
 
+def window_total(lengths: np.ndarray, max_order: int) -> int:
+    """How many windows :func:`count_contexts` counts over sequences of ``lengths`` patches:
+    a sequence of L >= 1 patches (L + 2 padded tokens) has max(0, L + 3 - n) windows of order
+    n = 3..max_order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = lengths[lengths > 0]
+    if check_max_order(max_order) == 0:
+        return 0
+    return int(sum(np.maximum(lengths + 3 - n, 0).sum() for n in range(MIN_ORDER, max_order + 1)))
+
+
 def count_patch_contexts(
     patches: pa.Array, offsets: np.ndarray, max_order: int = DEFAULT_MAX_ORDER
 ) -> ContextCounts:
@@ -194,14 +205,35 @@ def merge(parts: list[ContextCounts]) -> ContextCounts:
 class ContextScorer:
     """Backed-off N-gram log-probabilities over the token ids of one token table.
 
-    Built once per restore index (token pieces hashed, counts in a dict); ``step`` is called
-    per beam expansion, so n-gram counts are memoised by token-id tuple.
+    Counts are looked up by binary search in the sorted context hashes (no table of every
+    entry is built, so the arrays may be memory-mapped views and a scorer costs O(1) to make:
+    :meth:`from_arrays`); ``step`` is called per beam expansion, so n-gram counts are memoised
+    by token-id tuple.
     """
 
     def __init__(self, counts: ContextCounts, tokens: pa.Array):
-        self.max_order = counts.max_order
-        self._pieces = [int(h).to_bytes(8, "little") for h in token_hashes(tokens).tolist()]
-        self._counts = dict(zip(counts.hashes.tolist(), counts.counts.tolist(), strict=True))
+        self._init(counts.max_order, token_hashes(tokens), counts.hashes, counts.counts)
+
+    @classmethod
+    def from_arrays(
+        cls, max_order: int, piece_hashes: np.ndarray, hashes: np.ndarray, counts: np.ndarray
+    ) -> ContextScorer:
+        """A scorer over given arrays, not copied nor scanned: ``piece_hashes`` (T,) uint64
+        (:func:`token_hashes` of the token table), ``hashes`` (M,) uint64 strictly ascending
+        and ``counts`` (M,) int64 > 0 (a :class:`ContextCounts`' arrays, as stored)."""
+        if hashes.shape != counts.shape or hashes.ndim != 1 or piece_hashes.ndim != 1:
+            raise ValueError("context counts: hashes and counts must be equal-length vectors")
+        scorer = cls.__new__(cls)
+        scorer._init(check_max_order(max_order), piece_hashes, hashes, counts)
+        return scorer
+
+    def _init(self, max_order, piece_hashes, hashes, counts) -> None:
+        self.max_order = max_order
+        self.piece_hashes = np.asarray(piece_hashes, dtype="<u8")
+        # 8-byte little-endian pieces sliced straight from the (possibly mapped) buffer
+        self._piece_bytes = memoryview(self.piece_hashes).cast("B")
+        self._hashes = hashes
+        self._counts = counts
         self._memo: dict[tuple[int, ...], int] = {}
 
     @property
@@ -213,8 +245,12 @@ class ContextScorer:
         """Corpus count of the n-gram of token ids ``ids`` (0 if never seen)."""
         got = self._memo.get(ids)
         if got is None:
-            key = b"".join([self._pieces[i] for i in ids])
-            got = self._counts.get(mmh3.hash64(key, seed=hs.SEED, signed=False)[0], 0)
+            pieces = self._piece_bytes
+            key = b"".join([pieces[8 * i : 8 * i + 8] for i in ids])
+            h = mmh3.hash64(key, seed=hs.SEED, signed=False)[0]
+            pos = int(np.searchsorted(self._hashes, np.uint64(h)))
+            found = pos < self._hashes.size and int(self._hashes[pos]) == h
+            got = int(self._counts[pos]) if found else 0
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
             self._memo[ids] = got

@@ -1,7 +1,12 @@
 """Restore: turn an HLLSet back into k candidate patch orderings.
 
 Inputs are an HLLSet (three layers, precision P) and a :class:`RestoreIndex` built once from
-the n-gram vocabulary (keys, hashes, counts) and the adjacency weights.
+the n-gram vocabulary (keys, hashes, counts) and the adjacency weights.  The index is plain
+arrays (:meth:`RestoreIndex.arrays`): built in memory by :meth:`RestoreIndex.build`, or opened
+over read-only memory-mapped views by :meth:`RestoreIndex.from_arrays` without copying or
+scanning anything (``sphere_assets.ngrams.io.load_restore_index``).  Every lookup is a CSR
+slice or a binary search in a sorted array (no Python dict over the vocabulary or the context
+counts), so a query reads only the rows it looks up.
 
 1. **Candidates.**  For every set bit of a layer, the vocabulary n-grams of that order whose
    ``reg*32 + run`` is that bit (lookup ``bit → rows``, a CSR per layer).
@@ -125,6 +130,47 @@ def _codes(rows: np.ndarray, n_tokens: int) -> np.ndarray:
     return code
 
 
+class TokenBytes(Sequence):
+    """Token id -> patch bytes over a binary Arrow array's buffers (no Python list of every
+    token: a mapped index reads only the tokens a query returns)."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        self._data, self._offsets = data, offsets
+
+    @classmethod
+    def of(cls, tokens: pa.Array) -> TokenBytes:
+        return cls(*hs.binary_buffers(tokens))
+
+    def __len__(self) -> int:
+        return int(self._offsets.size - 1)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return bytes(self._data[int(self._offsets[i]) : int(self._offsets[i + 1])])
+
+
+def binary_array(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """A binary Arrow array over (data uint8, offsets int32/int64) buffers, zero-copy."""
+    off_type = pa.binary() if offsets.dtype == np.int32 else pa.large_binary()
+    return pa.Array.from_buffers(
+        off_type, int(offsets.size - 1), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def _narrow_buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(data, offsets) of a binary array, offsets from 0 and int32 when they fit (pa.binary)."""
+    data, offsets = hs.binary_buffers(values)
+    data = data[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+    return data, offsets.astype(np.int32) if offsets[-1] < 2**31 else offsets
+
+
+# the arrays of a RestoreIndex (:meth:`RestoreIndex.arrays` / :meth:`RestoreIndex.from_arrays`):
+# a query reads only the rows it looks up, so they can be memory-mapped views
+INDEX_FORMAT = "sphere.restore.index/v1"
+
+
 @dataclass(frozen=True, eq=False)
 class RestoreIndex:
     p: int
@@ -139,9 +185,10 @@ class RestoreIndex:
     weight3: np.ndarray  # (V3,) adjacency weight of each 3-gram
     f2: np.ndarray  # (V2,) node counts
     outdeg: np.ndarray  # (V2,) node out-degrees
-    sentinel3: dict[tuple[int, int, int], int]  # 3-grams touching START/END → row
+    key3: np.ndarray  # (V3,) sorted 3-gram keys left2*T + c (lookup of sentinel 3-grams)
     alpha: float
-    token_bytes: list[bytes] = field(repr=False)
+    pieces: pa.Array = field(repr=False)  # ng.with_separator of the escaped tokens (key parts)
+    token_bytes: Sequence[bytes] = field(repr=False)
     context: cm.ContextScorer | None = field(default=None, repr=False)
 
     @property
@@ -186,10 +233,8 @@ class RestoreIndex:
         inner3 = (g3 >= ng.FIRST_PATCH_ID).all(axis=1)
         f2 = table.counts[1].astype(np.int64)
         weight3, outdeg = _align_weights(table, adjacency, codes2, left2)
-        sentinel3 = {
-            tuple(int(x) for x in row): int(i)
-            for i, row in zip(np.flatnonzero(~inner3), g3[~inner3], strict=True)
-        }
+        # rows are lexicographic, so (row of (a, b), c) keys are ascending (see _align_weights)
+        key3 = (left2 * n_tokens + g3[:, 2]).astype(np.int64)
         return cls(
             p,
             table,
@@ -203,12 +248,91 @@ class RestoreIndex:
             weight3,
             f2,
             outdeg,
-            sentinel3,
+            key3,
             float(alpha),
-            table.tokens.to_pylist(),
+            table.escaped_sep,
+            TokenBytes.of(table.tokens),
             cm.ContextScorer(context, table.tokens)
             if context is not None and context.max_order
             else None,
+        )
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """(arrays, metadata) holding everything a query reads, for :meth:`from_arrays`; the
+        context counts themselves are not included (their owner stores them), only each
+        token's context piece hash."""
+        tok_data, tok_off = _narrow_buffers(self.table.tokens)
+        piece_data, piece_off = _narrow_buffers(self.pieces)
+        out = {
+            "tokens_data": tok_data,
+            "tokens_offsets": tok_off,
+            "pieces_data": piece_data,
+            "pieces_offsets": piece_off,
+            "token_row1": self.token_row1,
+            "codes2": self.codes2,
+            "inner3": self.inner3,
+            "left2": self.left2,
+            "right2": self.right2,
+            "weight3": self.weight3,
+            "f2": self.f2,
+            "outdeg": self.outdeg,
+            "key3": self.key3,
+        }
+        for n in ng.ORDERS:
+            out[f"grams_{n}"] = self.table.grams[n - 1]
+            out[f"counts_{n}"] = self.table.counts[n - 1]
+            out[f"bits_{n}"] = self.bits[n - 1]
+            out[f"indptr_{n}"], out[f"rows_{n}"] = self.lookup[n - 1]
+        meta = {"format": INDEX_FORMAT, "p": str(self.p), "alpha": repr(self.alpha)}
+        if self.context is not None:
+            out["piece_hashes"] = self.context.piece_hashes
+            meta["context_order"] = str(self.context.max_order)
+        return out, meta
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: dict[str, np.ndarray],
+        metadata: dict[str, str],
+        context_counts: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> RestoreIndex:
+        """The index over :meth:`arrays` (e.g. read-only memory-mapped views: nothing is copied
+        or scanned here, O(1) in the corpus size); ``context_counts`` = (sorted hashes, counts)
+        of the context model the index was built with (also mapped)."""
+        if metadata.get("format") != INDEX_FORMAT:
+            raise ValueError(
+                f"restore index: format {metadata.get('format')!r}, want {INDEX_FORMAT}"
+            )
+        tokens = binary_array(arrays["tokens_data"], arrays["tokens_offsets"])
+        table = ng.NgramTable(
+            tokens,
+            tuple(arrays[f"grams_{n}"] for n in ng.ORDERS),
+            tuple(arrays[f"counts_{n}"] for n in ng.ORDERS),
+        )
+        order = int(metadata.get("context_order", 0))
+        scorer = None
+        if order and context_counts is not None:
+            scorer = cm.ContextScorer.from_arrays(
+                order, arrays["piece_hashes"], context_counts[0], context_counts[1]
+            )
+        return cls(
+            int(metadata["p"]),
+            table,
+            tuple(arrays[f"bits_{n}"] for n in ng.ORDERS),
+            tuple((arrays[f"indptr_{n}"], arrays[f"rows_{n}"]) for n in ng.ORDERS),
+            arrays["token_row1"],
+            arrays["codes2"],
+            arrays["inner3"],
+            arrays["left2"],
+            arrays["right2"],
+            arrays["weight3"],
+            arrays["f2"],
+            arrays["outdeg"],
+            arrays["key3"],
+            float(metadata["alpha"]),
+            binary_array(arrays["pieces_data"], arrays["pieces_offsets"]),
+            TokenBytes(arrays["tokens_data"], arrays["tokens_offsets"]),
+            scorer,
         )
 
 
@@ -366,7 +490,7 @@ def _bit_is_set(words: np.ndarray, bits: np.ndarray) -> np.ndarray:
 def _hash_bits(index: RestoreIndex, rows: np.ndarray) -> np.ndarray:
     if rows.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    data, offsets = ng.key_buffers(index.table.escaped_sep, rows)
+    data, offsets = ng.key_buffers(index.pieces, rows)
     return hs.bits_of(hs.hash64_buffer(data, offsets, threads=1), index.p)
 
 
@@ -501,10 +625,11 @@ def validate(hll: hs.HLLSet, index: RestoreIndex) -> Validation:
 
 
 def _sentinel_weight(index: RestoreIndex, row: list[int]) -> float:
-    vocab_row = index.sentinel3.get(tuple(row))
-    if vocab_row is not None:
-        return float(index.weight3[vocab_row])
     src = int(_node_row(index, np.array([row[:2]], dtype=np.int32))[0])
+    if src >= 0:
+        vocab_row = int(_rows_of_codes(index.key3, np.array([src * index.n_tokens + row[2]]))[0])
+        if vocab_row >= 0:
+            return float(index.weight3[vocab_row])
     f2 = index.f2[src] if src >= 0 else 0
     outdeg = index.outdeg[src] if src >= 0 else 0
     return float(adj_mod.unseen_weight(f2, outdeg, index.alpha))
@@ -846,7 +971,7 @@ def _balanced_walk(s_node, t_node, out, src, dst, keep, mult, n_nodes):
 
 
 def _patches_of_path(
-    edges: np.ndarray, path: Sequence[int], token_bytes: list[bytes]
+    edges: np.ndarray, path: Sequence[int], token_bytes: Sequence[bytes]
 ) -> list[bytes]:
     # the first node's two tokens (a _START_ sentinel is dropped), then each edge's last one
     ids = [int(edges[path[0], 0]), int(edges[path[0], 1])] + [int(edges[e, 2]) for e in path]
@@ -988,7 +1113,7 @@ def _search(
 
 
 def _rank(
-    paths: list[tuple[float, int, list[int]]], v: Validation, token_bytes: list[bytes]
+    paths: list[tuple[float, int, list[int]]], v: Validation, token_bytes: Sequence[bytes]
 ) -> list[tuple[float, float, list[bytes], int]]:
     """(3-gram bit coverage, score, patches, edges) per path, best first: coverage, score, bytes."""
     n_bits3 = max(v.set_bits[2].size, 1)

@@ -71,6 +71,7 @@ def test_neighbourhood_recall_against_brute_force():
     assert neighbours.neighbourhood_recall(y, y / np.linalg.norm(y, axis=1, keepdims=True)) == 1.0
 
 
+@pytest.mark.slow  # a full placement of 1500 points
 def test_pca_map_preserves_more_neighbours_than_random_angles():
     x, _ = clustered(1500, d=24, k=12, spread=0.1)
     p = wf.place(x, config=CFG)

@@ -229,7 +229,10 @@ def test_synthesis_and_analysis_equal_brute_force_sums(basis32):
     )
 
 
-@pytest.mark.parametrize("L", [32, 64, 128, 256])
+@pytest.mark.parametrize(
+    "L",
+    [32, 64, pytest.param(128, marks=pytest.mark.slow), pytest.param(256, marks=pytest.mark.slow)],
+)
 def test_round_trip_is_exact_for_band_limited_signals(L):
     b = sht.build_basis(L)
     c = random_coeffs(L, 2)

@@ -68,6 +68,7 @@ def test_neighbour_map_keeps_neighbourhoods_better_than_pca3_out_of_sample(fitte
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-12)
 
 
+@pytest.mark.slow  # a second full fit
 def test_fit_is_deterministic(fitted):
     x, model = fitted
     again = sm.fit_sphere_map_model(x, None, FAST)

@@ -97,6 +97,7 @@ def test_patches_from_workers_equal_in_process(model, articles, pool):
     assert pool.busy_seconds > 0
 
 
+@pytest.mark.slow  # worker processes (the pool)
 def test_pooled_vectors_from_workers_equal_in_process(model, articles, pool):
     with torch_runtime(1):
         patched = [pt.patch_article(model, data, 3.0, "global", 16) for _, data in articles]
@@ -115,6 +116,7 @@ def test_pooled_vectors_from_workers_equal_in_process(model, articles, pool):
             np.testing.assert_array_equal(getattr(b, name), getattr(direct, name))
 
 
+@pytest.mark.slow  # worker processes (the pool)
 def test_errors_name_the_article_in_process_and_in_workers(model, pool):
     bad = [
         ("good", b"abc", np.array([0]), np.array([3])),
@@ -128,6 +130,7 @@ def test_errors_name_the_article_in_process_and_in_workers(model, pool):
         list(pt.patch_articles(model, [("a", b"abc")], 1.0, "sideways"))
 
 
+@pytest.mark.slow  # worker processes (the pool)
 def test_imap_reads_input_lazily(pool):
     pulled = []
 

@@ -39,9 +39,9 @@ def texts() -> list[bytes]:
     "mode, max_len, chunk, quantile",
     [
         ("global", 128, None, 0.75),
-        ("global", 3, 7, 0.5),
+        pytest.param("global", 3, 7, 0.5, marks=pytest.mark.slow),  # tiny chunks: many passes
         ("global", None, 13, 0.9),
-        ("monotonic", 5, 9, 0.7),
+        pytest.param("monotonic", 5, 9, 0.7, marks=pytest.mark.slow),
         ("monotonic", None, None, 0.8),
     ],
 )

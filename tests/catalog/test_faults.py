@@ -197,6 +197,7 @@ class SilentServer:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # two 2 s connect timeouts per retry cycle (libpq's minimum)
 def test_transient_errors_are_retried(postgres_url, articles_root):
     # a server that does not answer in time
     server = SilentServer()

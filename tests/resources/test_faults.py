@@ -362,6 +362,16 @@ with wh.partition_writer("raw_articles", "0") as w:
 """
 
 
+def eventually(condition, timeout_s: float = RETIRE_GRACE_S + 5.0) -> bool:
+    """Whether ``condition()`` became true within ``timeout_s`` (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_crash_leftovers_stay_out_of_globs_and_go_at_the_next_write(tmp_path):
     root = tmp_path / "wh"
     wh = Warehouse(root)
@@ -389,8 +399,7 @@ def test_crash_leftovers_stay_out_of_globs_and_go_at_the_next_write(tmp_path):
     assert [pq.read_metadata(f).num_rows for f in staged] == [3]
     assert all(in_grace(f.parent.name) for f in staged)
     assert not legacy.exists() and not (root / ".trash").exists()
-    time.sleep(RETIRE_GRACE_S + 0.5)  # then the reaper deletes it
-    assert not list(wh.staging_root.rglob("*.parquet"))
+    assert eventually(lambda: not list(wh.staging_root.rglob("*.parquet")))  # then the reaper
 
 
 def test_a_reader_holding_the_old_directory_still_lists_it_after_the_swap(tmp_path):
@@ -408,8 +417,9 @@ def test_a_reader_holding_the_old_directory_still_lists_it_after_the_swap(tmp_pa
             assert pq.read_metadata(fh).num_rows == 3
         assert wh.clean_staging() == 0  # cleaners leave a version in its grace alone
         assert "part-0.parquet" in os.listdir(fd)
-        time.sleep(RETIRE_GRACE_S + 0.5)
-        assert os.listdir(fd) == []  # deleted once the grace ran out
+        t0 = time.monotonic()
+        assert eventually(lambda: os.listdir(fd) == [])  # deleted once the grace ran out
+        assert time.monotonic() - t0 >= RETIRE_GRACE_S * 0.5  # not before
     finally:
         os.close(fd)
     assert len(wh.read_table("raw_articles", "0")) == 5

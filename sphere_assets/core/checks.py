@@ -31,24 +31,20 @@ def _quietly(build: Callable):
         return build()
 
 
-def shard_check(**kwargs) -> Callable:
-    """``@dg.asset_check(...)`` partitioned by shard like the asset it checks. The decorated
-    function yields ``partition_check_results(context, {key: AssetCheckResult})``."""
-
-    def decorate(fn):
-        return _quietly(lambda: dg.asset_check(partitions_def=shard_partitions, **kwargs)(fn))
-
-    return decorate
-
-
 def partitioned_check(partitions_def: dg.PartitionsDefinition, **kwargs) -> Callable:
     """``@dg.asset_check(...)`` partitioned by ``partitions_def`` (the checked asset's own, e.g.
-    band limits); like :func:`shard_check`, the function yields ``partition_check_results``."""
+    band limits). The decorated function yields
+    ``partition_check_results(context, {key: AssetCheckResult})``."""
 
     def decorate(fn):
         return _quietly(lambda: dg.asset_check(partitions_def=partitions_def, **kwargs)(fn))
 
     return decorate
+
+
+def shard_check(**kwargs) -> Callable:
+    """:func:`partitioned_check` by shard, like the shard asset it checks."""
+    return partitioned_check(shard_partitions, **kwargs)
 
 
 def shard_check_spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:

@@ -177,15 +177,6 @@ def read_csr(
     return store.read_tensors(asset.name, shard, CSR_STEM)
 
 
-def read_context_arrays(
-    store: Warehouse, asset: AssetContract, shard: str | None
-) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
-    """(context arrays, metadata) of an adjacency partition, None when written without them."""
-    if not store.has_file(asset.name, shard, f"{CONTEXT_STEM}.safetensors"):
-        return None
-    return store.read_tensors(asset.name, shard, CONTEXT_STEM)
-
-
 def write_adjacency_streamed(
     store: Warehouse,
     node_rows: Iterator[pa.Table],

@@ -26,10 +26,10 @@ CODE_VERSIONS: dict[str, str] = {
     "patch_embeddings": "3",  # 3: takes blt_patches' pooled vectors (patch_forward_cache)
     # ngrams
     "ngram_index": "3",  # 2: lib/sketch/restore.py open ends (issue 19); 3: shared helpers (same output)
-    "ngram_vocabulary": "3",  # 2: restore.py open ends; 3: out-of-core k-way merge (same bytes)
+    "ngram_vocabulary": "4",  # 3: out-of-core k-way merge; 4: dead reader removed (same bytes)
     "article_hllsets": "3",  # 2: lib/sketch/restore.py open ends; 3: shared helpers (same output)
     "adjacency": "3",  # 2: lib/sketch/restore.py open ends; 3: shared helpers (same output)
-    "adjacency_merged": "3",  # 2: restore.py open ends; 3: out-of-core merge (same bytes)
+    "adjacency_merged": "4",  # 3: out-of-core merge; 4: dead reader removed (same bytes)
     # placements
     "sphere_map": "3",  # 2: PCA-3 baseline from the model; 3: faster kernels (same outputs)
     "shell_placements": "6",  # 4: global map, spreading; 5: refactor; 6: faster map (same outputs)

@@ -29,6 +29,7 @@ of the phase; the largest of them next to the bench process's own at the end).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -48,6 +49,7 @@ from sphere_assets.lib.sphere.shells import balance_report  # noqa: E402
 from sphere_assets.lib.sphere.spreading import angle_between  # noqa: E402
 
 QUERIES = 1000
+MAP_PASSES = 3  # map passes timed in the throughput child (the best is reported)
 TRUST_ROWS = 2000
 
 
@@ -247,8 +249,11 @@ def bench_throughput(n: int) -> None:
         res = json.loads(subprocess.run(child, check=True, capture_output=True).stdout)
     t_map, t_pca, t_scores = res["map_s"], res["pca_s"], res["scores_s"]
     print(f"\n== throughput at {n:,} rows (D = {res['dim']}), a child process that only places")
+    print(f"  load average before the map passes: {' / '.join(f'{v:.2f}' for v in res['load'])}")
     print(f"  map (neighbour):  {t_map:.2f} s = {n / t_map / 1e6:.2f}M rows/s "
-          f"(CPU {res['map_cpu_s']:.2f} s, {res['threads']} threads)")  # fmt: skip
+          f"(CPU {res['map_cpu_s']:.2f} s = {res['map_cpu_s'] / n * 1e6:.2f} us/row, "
+          f"{res['threads']} threads; the best of {len(res['map_runs'])} passes, wall / CPU s: "
+          f"{', '.join(f'{w:.2f} / {c:.2f}' for w, c in res['map_runs'])})")  # fmt: skip
     print(f"  PCA-3 projection: {t_pca:.2f} s = {n / t_pca / 1e6:.2f}M rows/s "
           f"(CPU {res['pca_cpu_s']:.2f} s; map / PCA-3: {t_map / t_pca:.1f}x wall time, "
           f"{res['map_cpu_s'] / res['pca_cpu_s']:.1f}x CPU time)")  # fmt: skip
@@ -275,9 +280,13 @@ def place_only(folder: str) -> None:
     )
     sm.map_scores(model, emb[:100])  # compiled kernels loaded
     rss_loaded = own_peak_rss_gb()
-    t, c = time.perf_counter(), time.process_time()
-    sm.map_directions(model, emb)
-    t_map, c_map = time.perf_counter() - t, time.process_time() - c
+    load = os.getloadavg()
+    runs = []  # the machine is shared: several passes, the best one reported (all printed)
+    for _ in range(MAP_PASSES):
+        t, c = time.perf_counter(), time.process_time()
+        sm.map_directions(model, emb)
+        runs.append((time.perf_counter() - t, time.process_time() - c))
+    t_map, c_map = min(runs)
     rss_map = own_peak_rss_gb()
     pca = fit_sphere_map(emb, 16384)
     t, c = time.perf_counter(), time.process_time()
@@ -288,7 +297,8 @@ def place_only(folder: str) -> None:
     t_scores = time.perf_counter() - t
     print(json.dumps({
         "dim": int(emb.shape[1]), "threads": numba.get_num_threads(),
-        "map_s": t_map, "map_cpu_s": c_map, "pca_s": t_pca, "pca_cpu_s": c_pca, "scores_s": t_scores,
+        "map_s": t_map, "map_cpu_s": c_map, "map_runs": runs, "load": load,
+        "pca_s": t_pca, "pca_cpu_s": c_pca, "scores_s": t_scores,
         "rss_loaded_gb": rss_loaded, "rss_after_map_gb": rss_map, "rss_end_gb": own_peak_rss_gb(),
     }))  # fmt: skip
 

@@ -71,16 +71,21 @@ class SpreadSettings(dg.Config):
     """The knobs of ``spreading.SpreadConfig``: the lateral step that opens up pile-ups."""
 
     enabled: bool = Field(True, description="run the spreading step")
+    method: str = Field("separate", description="separate (least move) or gradient (fixed step)")
     radius_deg: float = Field(0.5, description="points of one shell closer than this repel")
-    step: float = Field(0.5, description="largest move per pass, as a fraction of the radius")
-    max_passes: int = Field(3, description="spreading passes at most")
+    step: float = Field(0.5, description="gradient: largest move per pass, fraction of the radius")
+    max_passes: int = Field(16, description="spreading passes at most")
     seed: int = Field(0, description="seed of the tie-break directions of exact duplicates")
 
     def build(self) -> "sp.SpreadConfig | None":
         if not self.enabled:
             return None
         return sp.SpreadConfig(
-            radius_deg=self.radius_deg, step=self.step, max_passes=self.max_passes, seed=self.seed
+            radius_deg=self.radius_deg,
+            step=self.step,
+            max_passes=self.max_passes,
+            seed=self.seed,
+            method=self.method,
         )
 
 

@@ -42,15 +42,15 @@ class SphereMapAssetConfig(dg.Config):
     steps: int = Field(300, description="full-batch Adam steps of the layout")
     learning_rate: float = Field(0.01, description="Adam learning rate")
     layout_spread_deg: float = Field(
-        1.5, description="room (degrees) the layout leaves around each landmark"
+        1.25, description="room (degrees) the layout leaves around each landmark"
     )
     landmarks_k: int = Field(3, description="landmarks a row's direction is drawn from")
     tau: float = Field(0.01, description="softness of the landmark weights (cosine units)")
     n_lists: int = Field(0, description="inverted-file lists (0 = sample / 128, at most 256)")
     n_probe: int = Field(
         2,
-        description="inverted-file lists scanned per row (1: ~40% less map CPU, union recall@10 "
-        "0.363 vs 0.372 on the bundled corpus and a larger recall loss after spreading)",
+        description="inverted-file lists scanned per row (1: ~40% less map CPU, a little less "
+        "union recall@10: 0.363 vs 0.372 on the bundled corpus when last measured)",
     )
     spread_weight: float = Field(0.5, description="weight of the concentration in the score")
     seed: int = Field(0, description="PRNG seed (same sample + seed = byte-identical model)")

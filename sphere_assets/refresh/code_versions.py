@@ -31,8 +31,8 @@ CODE_VERSIONS: dict[str, str] = {
     "adjacency": "3",  # 2: lib/sketch/restore.py open ends; 3: shared helpers (same output)
     "adjacency_merged": "4",  # 3: out-of-core merge; 4: dead reader removed (same bytes)
     # placements
-    "sphere_map": "3",  # 2: PCA-3 baseline from the model; 3: faster kernels (same outputs)
-    "shell_placements": "6",  # 4: global map, spreading; 5: refactor; 6: faster map (same outputs)
+    "sphere_map": "6",  # 2: PCA-3 baseline from the model; 3: faster kernels (same outputs); 4: spreading.py gained a method (same outputs: the layout keeps gradient); 5: faster map kernels (same outputs); 6: layout room 1.25 degrees (was 1.5)
+    "shell_placements": "9",  # 4: global map, spreading; 5: refactor; 6: faster map (same outputs); 7: least-move spreading; 8: faster map (same outputs); 9: the map of sphere_map 6
     # navigate
     "sphere_index": "1",
     "embedding_ann": "1",

@@ -22,16 +22,19 @@ Two methods (``SphereMapConfig.method``):
   2. the layout's pile-ups are opened with the kernel-density spreading of ``spreading.py``
      (radius ``layout_spread_deg``, all landmarks in one shell): the map itself leaves room
      around every landmark, so a shard's points can later spread inside a shell without
-     landing in another neighbourhood;
+     landing in another neighbourhood. The room is a trade (BENCHMARKS.md "sphere map"): 16K
+     landmarks 1.5 degrees apart cover ~78% of the sphere, which flattens the layout
+     (synthetic trustworthiness@10 0.939, UMAP's 0.939); 1.25 degrees keeps 0.957 and costs the
+     bundled corpus 7.3% of recall in the shard-time spreading (1.0: 0.982, but -9.7% on the
+     synthetic set, at the goal's edge);
   3. *out of sample*: a row's direction is
      ``normalize(sum_j w_j P_j)`` over its ``landmarks_k`` most cosine-similar landmarks,
      ``w_j = exp((c_j - c_max) / tau)``. The landmarks are searched through an inverted file
      (k-means centroids of the landmarks; the ``n_probe`` most similar centroids' lists are
      scanned exactly; compiled kernels, bit-identical per row: ``landmark_search.py``).
-     ``n_probe`` is 2 by default. 1 cuts the map's CPU time by 39-42% at 1M synthetic rows
-     (2.0 vs 3.2 µs/row) but loses bundled-corpus union recall@10 (0.363 vs 0.372) and, after
-     spreading, takes the map -> placed recall drop past the 10% goal (-10.7% vs -9.6%); set
-     it where throughput matters more than that.
+     ``n_probe`` is 2 by default. 1 cut the map's CPU time by ~40% at 1M synthetic rows and
+     lost bundled-corpus union recall@10 (0.363 vs 0.372; measured with the earlier kernels,
+     layout room 1.5 degrees and fixed-step spreading); set it where throughput matters more.
 
   The model is a fixed function of the embedding (stored landmarks, directions, centroids):
   it places rows it never saw, in any shard, with no refit.
@@ -84,7 +87,7 @@ class SphereMapConfig:
     sigma: float = 0.4
     steps: int = 300
     learning_rate: float = 0.01
-    layout_spread_deg: float = 1.5
+    layout_spread_deg: float = 1.25  # module docstring, step 2: room vs trustworthiness
     layout_spread_passes: int = 64
     landmarks_k: int = 3
     tau: float = 0.01

@@ -3,26 +3,55 @@ r"""Lateral spreading inside shells, and the crowding it removes (pure: numpy + 
 Near-identical patches (the same text in different contexts) get near-identical embeddings and
 so the same map direction; the rank start puts equal scores in neighbouring ranks, so they also
 share a shell. Such a pile-up is one point to anyone reading the map. Spreading moves the
-points of a pile apart *inside their shell* (the shell, and so the balance, never changes), down
-the gradient of a kernel density estimate of that shell, until no two points of a shell are
-closer than the spreading radius or the passes run out.
+points of a pile apart *inside their shell* (the shell, and so the balance, never changes) until
+no two points of a shell are closer than the spreading radius or the passes run out. Two
+methods (``SpreadConfig.method``):
 
-Density and its gradient (one rule)
-    The density of shell s at direction x is the kernel sum
-    ``rho_s(x) = sum_j K(angle(x, u_j))`` over the shell's points, with the cone kernel
-    ``K(d) = max(0, 1 - d / radius)``. Its gradient at a point u_i is the sum, over the shell's
+``separate`` (the placement's, ``PLACEMENT_SPREAD``): least-move separation
+    Every pair (i, j) of one shell closer than the radius (plus 0.5%) asks to be pushed apart
+    along their great circle by its overlap with ``r`` (the radius plus 1%), ``(r - d_ij) / 2``
+    each, i away from j. A pass moves every such point by the sum of its pushes over
+    ``sqrt(#pairs)`` (a pile of n points is not blown up n-fold), at most ``r / 2``, then looks
+    for pairs again; it stops when none is left or after ``max_passes``. This is gradient
+    descent on the overlap energy ``sum_pairs (r - d_ij)^2 / 4`` of the shell, i.e. down the
+    density of the squared-cone kernel ``(1 - d / r)^2``: a point moves toward lower density,
+    only as far as the overlap asks (a pair 0.4 degrees apart moves 0.05 degrees each, not a
+    fixed step), and a point with nobody within ``r`` does not move.
+
+    Why least-move: union recall@10 is decided at the scale of the map's neighbourhoods
+    (median angle to the 10th angular neighbour 0.2-0.5 degrees on the stdlib corpus), so
+    every degree moved costs recall. The fixed-step ``gradient`` method moved every crowded
+    point ``step * radius`` per pass however small its overlap (3 passes: up to 0.75
+    degrees). Least-move, run to convergence, measured against it on the maps of
+    ``bench/sphere_map.py`` (union recall@10 map -> placed, crowding within 0.5 degrees after):
+    bundled corpus -6.6% / 0.9% (gradient -10.1% / 3.3%), synthetic 1M -4.6% / 0.25%
+    (-9.8% / 0.5%), Python stdlib -29.4% / 4.6% (-36.5% / 9.6%). Tried and dropped on the
+    stdlib corpus (all <= 10% crowding): greedy placement on a hex lattice of spacing ``r``
+    around each point, first come stays (-32.4%, aligned across shards and shells by
+    construction); smoothing the pushes onto every point of the shard within 0.5-1 degrees,
+    so a pile's surroundings in other shells move with it (-30.2 to -30.7%); over-relaxation
+    (-32.5%). The stdlib loss is structural: 17% of its points have a same-shell twin within
+    0.01 degrees and those twins are each other's cosine neighbours (2.2 of a twin's 4.4
+    hits are in its own shell), so any shell-respecting separation to 0.5 degrees loses them
+    while the neighbourhoods are finer than that; leaving the twins alone gives back recall
+    only by leaving crowding above the goal (-21% at 13% crowding, -10% at 24%).
+
+    Exact duplicates (zero angle, no tangent direction) are told apart by a fixed tangent
+    direction per point (seeded, so the result is deterministic).
+
+``gradient`` (the default of ``SpreadConfig``: the map's layout, ``sphere_map.py``)
+    The kernel sum ``rho_s(x) = sum_j K(angle(x, u_j))`` over the shell's points with the cone
+    kernel ``K(d) = max(0, 1 - d / radius)``. Its gradient at u_i is the sum, over the shell's
     points j within ``radius``, of the unit tangent vectors at u_i pointing *towards* u_j, over
-    ``radius``. A point moves along ``-grad`` (toward lower density), by
-    ``step * radius * |g| / max(|g|, 1)`` where g is the sum of those unit vectors: a point with
-    one close neighbour moves ``step * radius`` away from it, a point inside a pile moves at most
-    as far, a point with nobody within ``radius`` has zero gradient and does not move ("as far as
-    the density field says"). Exact duplicates (zero angle, no tangent direction) are told apart
-    by a fixed tangent direction per point (seeded, so the result is deterministic).
+    ``radius``. A point moves along ``-grad`` by ``step * radius * |g| / max(|g|, 1)`` where g
+    is the sum of those unit vectors: a point with one close neighbour moves ``step * radius``
+    away from it, a point inside a pile moves at most as far, a point with nobody within
+    ``radius`` does not move.
 
 Why not the band-limited SH density of the water-filling (``density.py``): at the band limit
 of the placement (L = 32) its resolution is about 180 / 32 = 5.6 degrees, ten times coarser than
-the 0.5 degree pile-ups to remove; the cone-kernel sum is the same estimator (a kernel density)
-at the scale that matters, evaluated exactly over the pairs within ``radius`` (a k-d tree).
+the 0.5 degree pile-ups to remove; the kernel sums are density estimates at the scale that
+matters, evaluated exactly over the pairs within the radius (a k-d tree per pass: O(N log N)).
 
 Crowding (the figure this step is judged by)
     ``crowding(angle)`` = the share of points whose nearest neighbour *in the same shell* is
@@ -38,25 +67,40 @@ from dataclasses import dataclass
 import numpy as np
 
 CROWDING_ANGLES_DEG = (0.01, 0.5)
+METHODS = ("gradient", "separate")
+# separation pushes a pair to 1% past the radius and looks for pairs within 0.5% past it: a
+# pushed pair is done in one pass (not asked again for the rounding of its last move), and
+# float32 storage cannot bring it back under the radius
+SEPARATION_MARGIN = 1.01
+PAIR_MARGIN = 1.005
+SHELL_GAP = 10.0  # 4th k-d tree coordinate per shell: farther apart than any chord (2)
 
 
 @dataclass(frozen=True)
 class SpreadConfig:
-    """Knobs of :func:`spread_within_shells`."""
+    """Knobs of :func:`spread_within_shells` (methods: module docstring)."""
 
-    radius_deg: float = 0.5  # kernel radius: points closer than this push each other apart
-    step: float = 0.5  # largest move per pass, as a fraction of the radius
-    # passes at most: 3 passes (at most 0.75 degrees) bring the bundled corpus from 27% of
-    # points within 0.5 degrees of a same-shell neighbour to 2%, for 9% of recall@10;
-    # more passes trade recall for little (BENCHMARKS.md "sphere map")
+    radius_deg: float = 0.5  # points of one shell closer than this push each other apart
+    step: float = 0.5  # gradient: largest move per pass, as a fraction of the radius
+    # passes at most (gradient: 3 passes move at most 0.75 degrees, the map's layout sets its
+    # own; separate: PLACEMENT_SPREAD)
     max_passes: int = 3
     seed: int = 0
+    method: str = "gradient"
 
     def __post_init__(self):
         if not 0.0 < self.radius_deg < 90.0:
             raise ValueError(f"spreading: radius_deg must be in (0, 90), got {self.radius_deg}")
         if not 0.0 < self.step <= 1.0 or self.max_passes < 0:
             raise ValueError("spreading: need 0 < step <= 1 and max_passes >= 0")
+        if self.method not in METHODS:
+            raise ValueError(f"spreading: method must be one of {METHODS}, got {self.method!r}")
+
+
+# the placement's spreading: least-move separation until no pair is left; 16 passes at most
+# bring the stdlib corpus (the most crowded measured: 42% within 0.5 degrees) to 4.6%, where
+# 10 leave 9.3%; the bundled corpus and the synthetic set converge within them
+PLACEMENT_SPREAD = SpreadConfig(method="separate", max_passes=16)
 
 
 @dataclass
@@ -137,10 +181,93 @@ def spread_shell(unit: np.ndarray, config: SpreadConfig, seed: int) -> tuple[np.
     return u, passes, int(pairs.shape[0])
 
 
+def keyed_rows(unit: np.ndarray, shell: np.ndarray) -> np.ndarray:
+    """[N, 4] k-d tree points: the direction, then the shell ``SHELL_GAP`` apart per shell, so
+    one tree over all shells finds only pairs of one shell."""
+    return np.concatenate([unit, SHELL_GAP * shell[:, None].astype(np.float64)], axis=1)
+
+
+def sorted_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Pairs [P, 2] (i < j) in (i, j) order: the sums over them do not depend on tree order."""
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def pairs_after_moves(unit, shell, ever, tree0, chord: float) -> np.ndarray:
+    """Pairs of one shell closer than ``chord`` among the current rows, given that only rows
+    ``ever`` in a pair have moved: the rows never in a pair keep their start (``tree0``) and
+    no two of them are close (else they would have been a pair), so every pair holds a moved
+    row: pairs among the moved rows plus pairs of a moved row and an unmoved one."""
+    from scipy.spatial import cKDTree
+
+    moved = np.flatnonzero(ever)
+    tree = cKDTree(keyed_rows(unit[moved], shell[moved]))
+    inner = moved[tree.query_pairs(chord, output_type="ndarray")]  # moved is sorted: i < j kept
+    cross = tree.sparse_distance_matrix(tree0, chord, output_type="ndarray")
+    a, b = moved[cross["i"]], cross["j"].astype(np.int64)
+    keep = ~ever[b]
+    a, b = a[keep], b[keep]
+    outer = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+    return sorted_pairs(np.concatenate([inner.reshape(-1, 2), outer]))
+
+
+def separation_pass(
+    unit: np.ndarray, pairs: np.ndarray, r: float, tiebreak: np.ndarray
+) -> np.ndarray:
+    """One least-move pass (module docstring): new unit rows [N, 3]; rows in no pair keep
+    their bits."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    to_j = unit[j] - np.einsum("ij,ij->i", unit[j], unit[i])[:, None] * unit[i]
+    dup = np.linalg.norm(to_j, axis=1) < 1e-12
+    # duplicates: no direction between them; i goes along -(t_i - t_j), j the other way
+    to_j[dup] = tiebreak[i[dup]] - tiebreak[j[dup]]
+    to_j /= np.maximum(np.linalg.norm(to_j, axis=1, keepdims=True), 1e-300)
+    push = ((r - angle_between(unit[i], unit[j])) / 2.0)[:, None] * to_j
+    n = unit.shape[0]
+    move = np.stack(
+        [np.bincount(j, push[:, k], n) - np.bincount(i, push[:, k], n) for k in range(3)], axis=1
+    )
+    count = np.bincount(pairs.ravel(), minlength=n)
+    movers = np.flatnonzero(count)
+    step = move[movers] / np.sqrt(count[movers])[:, None]
+    norm = np.linalg.norm(step, axis=1, keepdims=True)
+    step *= np.minimum(1.0, (r / 2.0) / np.maximum(norm, 1e-300))  # at most r / 2 a pass
+    out = unit.copy()
+    v = unit[movers] + step
+    out[movers] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def separate_within_shells(unit: np.ndarray, shell: np.ndarray, config: SpreadConfig):
+    """Least-move separation of every shell's points (module docstring): (unit, passes, pairs
+    left). A pass after the first searches pairs around the rows that have moved only."""
+    from scipy.spatial import cKDTree
+
+    radius = np.deg2rad(config.radius_deg)
+    r, chord = radius * SEPARATION_MARGIN, chord_of(radius * PAIR_MARGIN)
+    u = np.array(unit, dtype=np.float64)
+    if u.shape[0] < 2:
+        return u, 0, 0
+    tiebreak = tangent_tiebreak(u, config.seed)
+    tree0 = cKDTree(keyed_rows(u, shell))
+    pairs = sorted_pairs(tree0.query_pairs(chord, output_type="ndarray").reshape(-1, 2))
+    ever = np.zeros(u.shape[0], bool)
+    passes = 0
+    while pairs.shape[0] and passes < config.max_passes:
+        ever[pairs.ravel()] = True
+        u = separation_pass(u, pairs, r, tiebreak)
+        passes += 1
+        pairs = pairs_after_moves(u, shell, ever, tree0, chord)
+    return u, passes, int(pairs.shape[0])
+
+
 def spread_within_shells(unit: np.ndarray, shell: np.ndarray, config: SpreadConfig) -> SpreadResult:
     """Spread the points of every shell (module docstring). ``unit`` [N, 3], ``shell`` [N]."""
     u0 = np.asarray(unit, dtype=np.float64)
     shell = np.asarray(shell)
+    if config.method == "separate":
+        out, passes, pairs_left = separate_within_shells(u0, shell, config)
+        moved = angle_between(u0, out) if u0.shape[0] else np.zeros(0)
+        return SpreadResult(out, moved, passes, int((moved > 0).sum()), pairs_left)
     out = u0.copy()
     passes = pairs_left = 0
     order = np.argsort(shell, kind="stable")

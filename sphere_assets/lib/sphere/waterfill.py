@@ -90,8 +90,9 @@ class WaterfillConfig:
     tol_min: float = 1.0
     seed: int = 0
     blas_threads: int = 1  # BLAS threads for the skinny feature GEMMs (0 = leave as is)
-    # the final lateral step inside each shell (spreading.py); None = no spreading
-    spread: spreading.SpreadConfig | None = field(default_factory=spreading.SpreadConfig)
+    # the final lateral step inside each shell (spreading.py: least-move separation); None =
+    # no spreading
+    spread: spreading.SpreadConfig | None = spreading.PLACEMENT_SPREAD
 
     def __post_init__(self):
         if self.n_shells < 1:

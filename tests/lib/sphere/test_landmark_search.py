@@ -126,7 +126,29 @@ def test_blocks_hold_each_lists_landmarks_contiguously(fitted):
         lo, hi = model.list_offsets[c], model.list_offsets[c + 1]
         block = index.block(c)
         assert block.flags["C_CONTIGUOUS"] and block.base is not None
-        np.testing.assert_array_equal(block, model.landmarks_t[:, lo:hi])
+        assert block.shape[1] % ls.LANES == 0 and block.shape[1] - (hi - lo) < ls.LANES
+        np.testing.assert_array_equal(block[:, : hi - lo], model.landmarks_t[:, lo:hi])
+        assert not block[:, hi - lo :].any()  # zero padding
+    n_lists = model.centroids_t.shape[1]
+    assert index.n_lists == n_lists and index.centroids_t.shape[1] % ls.LANES == 0
+    np.testing.assert_array_equal(index.centroids_t[:, :n_lists], model.centroids_t)
+
+
+def test_a_dimension_not_a_multiple_of_the_steps_matches_the_reference(fitted):
+    """The last D % STEPS_AT_ONCE terms of every sum are added one at a time."""
+    _, model = fitted
+    rng = np.random.default_rng(5)
+    for dim in (ls.STEPS_AT_ONCE * 4 + 1, ls.STEPS_AT_ONCE * 4 + 3, 2):
+        m = replace(
+            model,
+            centroids_t=rng.standard_normal((dim, model.centroids_t.shape[1])).astype(np.float32),
+            landmarks_t=rng.standard_normal((dim, model.landmarks_t.shape[1])).astype(np.float32),
+        )
+        rows = rng.standard_normal((300, dim)).astype(np.float32)
+        index = ls.landmark_index(m.centroids_t, m.list_offsets, m.landmarks_t, m.positions)
+        got = np.empty((rows.shape[0], 3))
+        ls.landmark_directions(index, rows, m.landmarks_k, m.n_probe, m.tau, got)
+        np.testing.assert_array_equal(got, reference_directions(m, rows))
 
 
 def general_top(scores: np.ndarray, lo: int, start_val, start_id):
@@ -154,8 +176,10 @@ def test_top3_scan_equals_the_general_insert_on_random_and_tied_scores():
             start_id = np.full(3, n_land, np.int64)
         lo = int(rng.integers(0, 100))
         want_val, want_id = general_top(scores, lo, start_val, start_id)
-        got_val, got_id = start_val.copy(), start_id.copy()
-        ls.top3_scan(got_val, got_id, scores, w, lo)
+        sums = np.zeros((2, w), np.float32)
+        sums[1] = scores  # row 1 of the sums
+        got = ls.top3_scan(sums, 1, w, lo, *start_val, *start_id)
+        got_val, got_id = np.array(got[:3], np.float32), np.array(got[3:], np.int64)
         np.testing.assert_array_equal(got_val.view(np.int32), want_val.view(np.int32))
         np.testing.assert_array_equal(got_id, want_id)
 

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from sphere_assets.lib.sphere import spreading as sp
 from sphere_assets.lib.sphere import waterfill as wf
 from sphere_assets.lib.sphere.features import (
     FEATURE_CHUNK,
@@ -268,4 +269,6 @@ def test_spreading_step_opens_pile_ups_without_changing_shells():
     assert st["spread_moves"] == int((on.spread_rad > 0).sum()) > 0
     ang = np.arccos(np.clip((on.unit.astype(np.float64) * off.unit).sum(1), -1, 1))
     np.testing.assert_allclose(ang, on.spread_rad, atol=1e-3)  # spread = the angle moved
-    assert np.all(on.spread_rad <= 3 * 0.5 * np.deg2rad(0.5) + 1e-6)  # 3 passes of 0.25 deg
+    # least-move separation: at most half the (margined) radius a pass
+    step_max = 0.5 * np.deg2rad(0.5) * sp.SEPARATION_MARGIN
+    assert np.all(on.spread_rad <= st["spread_passes"] * step_max + 1e-6)

@@ -186,10 +186,26 @@ def materialize_all(
                 file=sys.stderr,
             )
             return 1
+    removed = clean_warehouse_staging()
+    if removed:
+        print(f"staging: removed {removed} leftover(s) of earlier writes", flush=True)
     print()
     for line in mz.summary_table(outcomes, time.perf_counter() - started):
         print(line)
     return 0
+
+
+def clean_warehouse_staging() -> int:
+    """Remove the staging leftovers no writer will come back for (``Warehouse.clean_staging``).
+
+    A replaced partition version outlives its swap by a short grace (sphere_resources/swap.py)
+    and the writing process deletes it at exit; a step process that ends without running its
+    exit hooks, or is killed, leaves it behind, and only the next write of that partition
+    would remove it. A run of every stage is the natural point to sweep them."""
+    from sphere_resources.store import Warehouse
+
+    root = Path(os.environ["SPHERE_WAREHOUSE"])
+    return Warehouse(root).clean_staging() if root.is_dir() else 0
 
 
 def run_tags() -> dict[str, str]:

@@ -56,8 +56,23 @@ def small_run(tmp_path_factory):
     env = _env(
         tmp, SPHERE_CORPUS="files", SPHERE_CORPUS_GLOB=str(corpus / "*.txt"), SPHERE_SHARDS="2"
     )
+    # a retired version a killed writer left for a partition this run never writes (shard 9 of
+    # 2): only the end-of-run sweep can remove it
+    leftover = tmp / ".wh.staging" / "raw_articles" / f"shard=9.{'a' * 32}.old-1000"
+    leftover.mkdir(parents=True)
+    (leftover / "part-0.parquet").write_bytes(b"PAR1")
     proc = _sphere(["materialize-all"], env, cwd=tmp)  # not the repo: paths come from the env
     return tmp, env, proc
+
+
+def test_materialize_all_leaves_nothing_in_staging(small_run):
+    tmp, _, proc = small_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    staging = tmp / ".wh.staging"
+    assert staging.is_dir()  # the sibling of the warehouse root (sphere_resources/swap.py)
+    left = sorted(str(p.relative_to(staging)) for p in staging.glob("*/*"))
+    assert left == [], left
+    assert "staging: removed 1 leftover(s) of earlier writes" in proc.stdout.splitlines()
 
 
 def test_materialize_all_creates_instance_runs_of_the_jobs(small_run):
